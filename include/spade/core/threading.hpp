@@ -1,0 +1,49 @@
+// One thread setting for the whole library. spade's kernels and Eigen's GEMM
+// share OpenMP's pool; the count defaults to the machine's cores.
+#pragma once
+
+#include <algorithm>
+#include <thread>
+
+#include <Eigen/Core>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace spade {
+
+/// Number of threads spade's kernels and GEMMs use.
+inline int num_threads() {
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/// Sets the thread count for spade kernels and Eigen products (n < 1 means all cores).
+inline void set_num_threads(int n) {
+    if (n < 1) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#if defined(_OPENMP)
+    omp_set_num_threads(n);
+#endif
+    Eigen::setNbThreads(n);
+}
+
+/// Runs `body(i)` for i in [0, n), split across threads when the work is large enough.
+/// `work_per_item` is a rough cost estimate (e.g. elements touched) used to avoid
+/// spawning threads for tiny loops.
+template <class F>
+void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
+#if defined(_OPENMP)
+    if (n > 1 && n * work_per_item >= (1 << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+        for (long i = 0; i < n; ++i) body(i);
+        return;
+    }
+#endif
+    for (long i = 0; i < n; ++i) body(i);
+}
+
+}  // namespace spade

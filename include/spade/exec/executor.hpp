@@ -1,0 +1,180 @@
+// Executor: runs a Graph forward. It infers every shape for the given input
+// shapes, plans activation buffers by lifetime (a buffer is reused once the
+// last reader of its value has run), and calls each node's op in order.
+// The plan is recompiled when input shapes or the graph change.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <span>
+#include <vector>
+
+#include "spade/graph/graph.hpp"
+
+namespace spade {
+
+/// Memory plan and shapes for one set of input shapes.
+struct ExecPlan {
+    std::vector<Shape> input_shapes;
+    std::vector<Shape> value_shapes;       ///< indexed by ValueId
+    std::vector<int> buffer_of;            ///< buffer per value, -1 for graph inputs
+    std::vector<Index> buffer_elements;    ///< size of each activation buffer
+    std::vector<std::vector<Shape>> node_param_shapes;
+    Index workspace_elements = 0;          ///< largest scratch any op needs
+    std::uint64_t graph_version = 0;
+
+    /// Bytes of all activation buffers plus the workspace, for scalar size `bytes_per`.
+    Index peak_bytes(Index bytes_per) const {
+        Index n = workspace_elements;
+        for (Index b : buffer_elements) n += b;
+        return n * bytes_per;
+    }
+};
+
+/// Runs a graph forward; see the file comment. Holds a reference to the graph.
+template <Scalar T>
+class Executor {
+public:
+    explicit Executor(const Graph<T>& graph) : graph_(&graph) {}
+
+    /// Runs on one tensor per graph input (in declaration order); returns one tensor per output.
+    std::vector<Tensor<T>> forward(std::span<const TensorRef<const T>> inputs) {
+        run(inputs);
+        std::vector<Tensor<T>> out;
+        for (ValueId v : graph_->outputs()) out.emplace_back(value(v));
+        return out;
+    }
+    std::vector<Tensor<T>> forward(std::initializer_list<TensorRef<const T>> inputs) {
+        return forward(std::span<const TensorRef<const T>>(inputs.begin(), inputs.size()));
+    }
+    /// Single-input, single-output convenience.
+    Tensor<T> forward(const Tensor<T>& x) {
+        TensorRef<const T> r = x.ref();
+        auto out = forward(std::span<const TensorRef<const T>>(&r, 1));
+        if (out.size() != 1) fail<GraphError>("Executor::forward(x): graph has ", out.size(), " outputs, expected 1");
+        return std::move(out[0]);
+    }
+
+    /// Runs without copying outputs out; read them with value().
+    void run(std::span<const TensorRef<const T>> inputs) {
+        const auto& g = *graph_;
+        if (inputs.size() != g.inputs().size())
+            fail<ShapeError>("graph expects ", g.inputs().size(), " input(s), got ", inputs.size());
+        std::vector<Shape> shapes;
+        for (std::size_t i = 0; i < inputs.size(); ++i) {
+            check_input(i, inputs[i].shape);
+            shapes.push_back(inputs[i].shape);
+        }
+        if (plan_.value_shapes.empty() || plan_.input_shapes != shapes || plan_.graph_version != g.version())
+            compile(shapes);
+        inputs_.assign(inputs.begin(), inputs.end());
+        std::vector<TensorRef<const T>> in, ps;
+        std::vector<TensorRef<T>> out;
+        for (std::size_t i = 0; i < g.nodes().size(); ++i) {
+            const auto& n = g.nodes()[i];
+            in.clear(), ps.clear(), out.clear();
+            for (ValueId v : n.inputs) in.push_back(value(v));
+            for (ValueId v : n.outputs) out.push_back(mutable_value(v));
+            for (ParamId p : n.params) ps.push_back(g.parameter(p).ref());
+            n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_)});
+        }
+    }
+
+    /// A value computed by the last run (valid until the next run; buffers are reused,
+    /// so only graph outputs and values still live at the end are guaranteed intact).
+    TensorRef<const T> value(ValueId v) const {
+        if (plan_.buffer_of.at(static_cast<std::size_t>(v)) < 0) {
+            const auto& ins = graph_->inputs();
+            auto it = std::find(ins.begin(), ins.end(), v);
+            return inputs_.at(static_cast<std::size_t>(it - ins.begin()));
+        }
+        return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]};
+    }
+
+    /// The plan of the last run.
+    const ExecPlan& plan() const { return plan_; }
+
+    /// Infers all shapes for `input_shapes` and lays out buffers.
+    void compile(const std::vector<Shape>& input_shapes) {
+        const auto& g = *graph_;
+        ExecPlan p;
+        p.input_shapes = input_shapes;
+        p.graph_version = g.version();
+        p.value_shapes.assign(g.values().size(), Shape{});
+        p.buffer_of.assign(g.values().size(), -1);
+        for (std::size_t i = 0; i < g.inputs().size(); ++i) p.value_shapes[g.inputs()[i]] = input_shapes[i];
+
+        // last reader of each value; outputs live to the end
+        const int end = static_cast<int>(g.nodes().size());
+        std::vector<int> last(g.values().size(), -1);
+        for (int i = 0; i < end; ++i)
+            for (ValueId v : g.nodes()[i].inputs) last[v] = i;
+        for (ValueId v : g.outputs()) last[v] = end;
+
+        std::vector<int> free_list;  // buffers not holding a live value
+        for (int i = 0; i < end; ++i) {
+            const auto& n = g.nodes()[i];
+            std::vector<Shape> in, ps = g.param_shapes(i);
+            for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
+            ShapeContext ctx{n.name, in, ps};
+            auto out = n.op->infer_shapes(ctx);
+            if (out.size() != n.outputs.size())
+                fail<GraphError>("node '", n.name, "' produced ", out.size(), " shapes for ", n.outputs.size(), " outputs");
+            p.workspace_elements = std::max(p.workspace_elements, n.op->workspace_size(ctx, out));
+            p.node_param_shapes.push_back(ps);
+            for (std::size_t k = 0; k < out.size(); ++k) {
+                ValueId v = n.outputs[k];
+                p.value_shapes[v] = out[k];
+                p.buffer_of[v] = take_buffer(p, free_list, out[k].numel());
+            }
+            // release values whose last reader is this node (or that nobody reads)
+            auto release = [&](ValueId v) {
+                if (p.buffer_of[v] >= 0 && last[v] <= i &&
+                    std::find(free_list.begin(), free_list.end(), p.buffer_of[v]) == free_list.end())
+                    free_list.push_back(p.buffer_of[v]);
+            };
+            for (ValueId v : n.inputs) release(v);
+            for (ValueId v : n.outputs) release(v);
+        }
+        plan_ = std::move(p);
+        buffers_.resize(plan_.buffer_elements.size());
+        for (std::size_t b = 0; b < buffers_.size(); ++b) buffers_[b].resize(static_cast<std::size_t>(plan_.buffer_elements[b]));
+        workspace_.resize(static_cast<std::size_t>(plan_.workspace_elements));
+    }
+
+private:
+    void check_input(std::size_t i, const Shape& s) const {
+        const auto& v = graph_->value(graph_->inputs()[i]);
+        bool ok = s.rank() == v.shape.rank() && (s.rank() < 2 || s[1] == v.shape[1]);
+        if (!ok) fail<ShapeError>("graph input '", v.name, "': got shape ", s, ", expected rank ", v.shape.rank(),
+                                  v.shape.rank() >= 2 ? " with " + std::to_string(v.shape[1]) + " channels" : std::string(),
+                                  " (like ", v.shape, ")");
+    }
+    // best fit among free buffers; grow the largest free one if none fits
+    static int take_buffer(ExecPlan& p, std::vector<int>& free_list, Index need) {
+        int best = -1;
+        for (int b : free_list)
+            if (p.buffer_elements[b] >= need && (best < 0 || p.buffer_elements[b] < p.buffer_elements[best])) best = b;
+        if (best < 0 && !free_list.empty()) {
+            best = *std::max_element(free_list.begin(), free_list.end(),
+                                     [&](int a, int b) { return p.buffer_elements[a] < p.buffer_elements[b]; });
+            p.buffer_elements[best] = need;
+        }
+        if (best < 0) {
+            p.buffer_elements.push_back(need);
+            return static_cast<int>(p.buffer_elements.size()) - 1;
+        }
+        free_list.erase(std::find(free_list.begin(), free_list.end(), best));
+        return best;
+    }
+    TensorRef<T> mutable_value(ValueId v) { return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]}; }
+
+    const Graph<T>* graph_;
+    ExecPlan plan_;
+    std::vector<std::vector<T>> buffers_;
+    std::vector<T> workspace_;
+    std::vector<TensorRef<const T>> inputs_;
+};
+
+}  // namespace spade

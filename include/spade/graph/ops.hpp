@@ -1,0 +1,4 @@
+// Every built-in op family.
+#pragma once
+
+#include "spade/graph/ops/conv.hpp"

@@ -1,0 +1,160 @@
+// Conv2d: 2-D convolution, NCHW activations, OIHW weights (PyTorch layout),
+// any stride, padding, dilation and groups (depthwise included).
+#pragma once
+
+#include "spade/exec/kernels/depthwise.hpp"
+#include "spade/exec/kernels/gemm.hpp"
+#include "spade/exec/kernels/im2col.hpp"
+#include "spade/graph/ops/common.hpp"
+
+namespace spade {
+
+/// Settings of a Conv2d layer.
+struct Conv2dOptions {
+    Index out_channels = 0;
+    Pair2 kernel = 3;
+    Pair2 stride = 1;
+    Pair2 padding = 0;
+    Pair2 dilation = 1;
+    Index groups = 1;
+    bool bias = true;
+};
+
+/// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
+template <class T>
+class Conv2d : public OpBase<Conv2d<T>, T> {
+public:
+    explicit Conv2d(const Conv2dOptions& o) : o_(o) {
+        if (o.kernel.h < 1 || o.kernel.w < 1 || o.stride.h < 1 || o.stride.w < 1 || o.dilation.h < 1 ||
+            o.dilation.w < 1 || o.padding.h < 0 || o.padding.w < 0 || o.groups < 1)
+            fail<ShapeError>("Conv2d: kernel, stride, dilation and groups must be >= 1 and padding >= 0");
+    }
+    static Conv2d from_attributes(const Attributes& a) {
+        const std::string op = "Conv2d";
+        return Conv2d(Conv2dOptions{.out_channels = 0,
+                                    .kernel = Pair2::from(a, op, "kernel"),
+                                    .stride = Pair2::from(a, op, "stride"),
+                                    .padding = Pair2::from(a, op, "padding"),
+                                    .dilation = Pair2::from(a, op, "dilation"),
+                                    .groups = a.get<Index>(op, "groups"),
+                                    .bias = a.get<bool>(op, "bias")});
+    }
+
+    std::string type() const override { return "Conv2d"; }
+    const Conv2dOptions& options() const { return o_; }
+    Attributes attributes() const override {
+        Attributes a;
+        a.set("kernel", o_.kernel.vec()).set("stride", o_.stride.vec()).set("padding", o_.padding.vec());
+        a.set("dilation", o_.dilation.vec()).set("groups", o_.groups).set("bias", o_.bias);
+        return a;
+    }
+    std::vector<ParamRole> param_roles() const override {
+        if (o_.bias) return {{"weight"}, {"bias"}};
+        return {{"weight"}};
+    }
+
+    std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
+        ctx.expect_inputs("Conv2d", 1);
+        ctx.expect_rank("Conv2d", 0, 4);
+        const Shape& x = ctx.inputs[0];
+        if (ctx.params.empty() || ctx.params[0].rank() != 4)
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): weight must have rank 4");
+        const Shape& w = ctx.params[0];
+        const Index cout = w[0];
+        ctx.expect_param("Conv2d", 0, "weight", Shape{cout, x[1] / o_.groups, o_.kernel.h, o_.kernel.w});
+        if (x[1] % o_.groups != 0 || cout % o_.groups != 0)
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): input channels ", x[1], " and output channels ", cout,
+                             " must both be divisible by groups ", o_.groups);
+        if (o_.bias) ctx.expect_param("Conv2d", 1, "bias", Shape{cout});
+        auto g = geometry(x, ctx.node);
+        return {Shape{x[0], cout, g.out_h, g.out_w}};
+    }
+
+    Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
+        const Shape& w = ctx.params[0];
+        Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0);
+        return per_out * out[0].numel();
+    }
+
+    Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
+        auto g = geometry(ctx.inputs[0], ctx.node);
+        if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
+        return ctx.params[0][1] * g.kernel_h * g.kernel_w * out[0][2] * out[0][3];
+    }
+
+    void forward(const ForwardContext<T>& ctx) const override {
+        const auto& x = ctx.inputs[0];
+        const auto& w = ctx.params[0];
+        const T* bias = o_.bias ? ctx.params[1].data : nullptr;
+        const auto& y = ctx.outputs[0];
+        const auto g = geometry(x.shape, ctx.node);
+        const Index n = x.shape[0], cin = x.shape[1], cout = w.shape[0], cin_g = w.shape[1];
+        const Index cout_g = cout / o_.groups, plane_in = g.in_h * g.in_w, plane_out = g.out_h * g.out_w;
+        const Index k = cin_g * g.kernel_h * g.kernel_w;
+        for (Index b = 0; b < n; ++b) {
+            const T* xb = x.data + b * cin * plane_in;
+            T* yb = y.data + b * cout * plane_out;
+            if (depthwise(cin, w.shape)) {
+                kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb);
+                continue;
+            }
+            for (Index gi = 0; gi < o_.groups; ++gi) {
+                const T* src = xb + gi * cin_g * plane_in;
+                const T* col = src;
+                if (!g.is_pointwise()) {
+                    kernels::im2col(src, cin_g, g, ctx.workspace.data());
+                    col = ctx.workspace.data();
+                }
+                T* dst = yb + gi * cout_g * plane_out;
+                kernels::gemm(cout_g, plane_out, k, w.data + gi * cout_g * k, k, col, plane_out, dst, plane_out);
+                if (bias) add_bias(dst, bias + gi * cout_g, cout_g, plane_out);
+            }
+        }
+    }
+
+private:
+    static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
+    static void add_bias(T* y, const T* bias, Index channels, Index plane) {
+        parallel_for(
+            channels,
+            [&](long c) {
+                T* d = y + c * plane;
+                for (Index i = 0; i < plane; ++i) d[i] += bias[c];
+            },
+            plane);
+    }
+    kernels::ConvGeometry geometry(const Shape& x, std::string_view node) const {
+        kernels::ConvGeometry g;
+        g.in_h = x[2], g.in_w = x[3];
+        g.kernel_h = o_.kernel.h, g.kernel_w = o_.kernel.w, g.stride_h = o_.stride.h, g.stride_w = o_.stride.w;
+        g.pad_h = o_.padding.h, g.pad_w = o_.padding.w, g.dilation_h = o_.dilation.h, g.dilation_w = o_.dilation.w;
+        g.out_h = kernels::ConvGeometry::out_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+        g.out_w = kernels::ConvGeometry::out_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+        if (g.out_h < 1 || g.out_w < 1)
+            fail<ShapeError>("node '", node, "' (Conv2d): input ", x, " is too small for kernel ", o_.kernel.h, "x",
+                             o_.kernel.w, " (dilation ", o_.dilation.h, "x", o_.dilation.w, ", padding ", o_.padding.h,
+                             "x", o_.padding.w, ")");
+        return g;
+    }
+    Conv2dOptions o_;
+};
+
+inline const bool conv2d_registered = register_op<Conv2d>("Conv2d");
+
+namespace nn {
+
+/// Adds a Conv2d named `name` with PyTorch's default initialisation.
+template <Scalar T>
+Var<T> conv2d(Var<T> x, const std::string& name, const Conv2dOptions& o) {
+    const Index cin = x.channels();
+    if (o.out_channels < 1) fail<ShapeError>("conv2d '", name, "': out_channels must be >= 1");
+    if (cin % o.groups != 0)
+        fail<ShapeError>("conv2d '", name, "': input channels ", cin, " not divisible by groups ", o.groups);
+    const double fan_in = static_cast<double>(cin / o.groups * o.kernel.h * o.kernel.w);
+    std::vector<ParamSpec> ps{{Shape{o.out_channels, cin / o.groups, o.kernel.h, o.kernel.w}, Init::uniform_fan_in, fan_in}};
+    if (o.bias) ps.push_back({Shape{o.out_channels}, Init::uniform_fan_in, fan_in});
+    return x.builder->apply(name, std::make_unique<Conv2d<T>>(o), {x}, ps);
+}
+
+}  // namespace nn
+}  // namespace spade

@@ -1,0 +1,8 @@
+// spade: structured pruning of CNNs and model-based deep-learning networks.
+// Includes every layer of the library.
+#pragma once
+
+#include "spade/core.hpp"
+#include "spade/exec.hpp"
+#include "spade/graph.hpp"
+#include "spade/tensor.hpp"

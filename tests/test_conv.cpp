@@ -1,0 +1,83 @@
+#include "fixtures.hpp"
+
+using namespace spade;
+
+namespace {
+
+// Plain-loop reference convolution in double.
+Tensor<double> ref_conv2d(const Tensor<double>& x, const Parameter<double>& w, const Parameter<double>* b,
+                          const Conv2dOptions& o) {
+    const Index n = x.shape()[0], cin = x.shape()[1], h = x.shape()[2], wd = x.shape()[3];
+    const Index cout = w.shape()[0], cin_g = w.shape()[1], kh = o.kernel.h, kw = o.kernel.w;
+    const Index oh = (h + 2 * o.padding.h - o.dilation.h * (kh - 1) - 1) / o.stride.h + 1;
+    const Index ow = (wd + 2 * o.padding.w - o.dilation.w * (kw - 1) - 1) / o.stride.w + 1;
+    const Index cout_g = cout / o.groups;
+    Tensor<double> y(Shape{n, cout, oh, ow});
+    auto X = x.view<4>();
+    auto Y = y.view<4>();
+    TensorView<const double, 4> W(w.data(), {cout, cin_g, kh, kw});
+    (void)cin;
+    for (Index b0 = 0; b0 < n; ++b0)
+        for (Index co = 0; co < cout; ++co)
+            for (Index i = 0; i < oh; ++i)
+                for (Index j = 0; j < ow; ++j) {
+                    double s = b ? b->data()[co] : 0.0;
+                    Index g = co / cout_g;
+                    for (Index ci = 0; ci < cin_g; ++ci)
+                        for (Index a = 0; a < kh; ++a)
+                            for (Index c = 0; c < kw; ++c) {
+                                Index ii = i * o.stride.h - o.padding.h + a * o.dilation.h;
+                                Index jj = j * o.stride.w - o.padding.w + c * o.dilation.w;
+                                if (ii < 0 || ii >= h || jj < 0 || jj >= wd) continue;
+                                s += W(co, ci, a, c) * X(b0, g * cin_g + ci, ii, jj);
+                            }
+                    Y(b0, co, i, j) = s;
+                }
+    return y;
+}
+
+}  // namespace
+
+TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
+    struct Case {
+        Index n, cin, h, w;
+        Conv2dOptions o;
+    };
+    std::vector<Case> cases{
+        {1, 3, 9, 7, {.out_channels = 7, .kernel = 3, .padding = 1}},
+        {2, 7, 10, 13, {.out_channels = 33, .kernel = 3, .stride = 2, .padding = 1, .bias = false}},
+        {1, 6, 11, 8, {.out_channels = 9, .kernel = 3, .padding = 2, .dilation = 2, .groups = 3}},
+        {2, 33, 5, 6, {.out_channels = 7, .kernel = 1}},
+        {1, 8, 9, 9, {.out_channels = 8, .kernel = 3, .stride = 2, .padding = 1, .groups = 8}},   // depthwise
+        {1, 4, 7, 10, {.out_channels = 12, .kernel = 3, .padding = 1, .groups = 4}},              // depthwise x3
+        {1, 5, 12, 9, {.out_channels = 6, .kernel = {1, 5}, .stride = {2, 1}, .padding = {0, 2}}},
+        {2, 3, 16, 14, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = 3, .bias = false}},
+        {1, 4, 8, 8, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 0, .dilation = 2, .groups = 4}},
+        {1, 6, 7, 7, {.out_channels = 4, .kernel = 1, .stride = 2}},
+    };
+    std::uint64_t seed = 1;
+    for (const auto& c : cases) {
+        GraphBuilder<double> b(seed);
+        auto x = b.input("x", {c.n, c.cin, c.h, c.w});
+        b.output(nn::conv2d(x, "conv", c.o));
+        auto g = std::move(b).build();
+        auto in = test::random_tensor<double>({c.n, c.cin, c.h, c.w}, ++seed);
+        auto y = test::run(g, in);
+        const auto* bias = c.o.bias ? &g.parameter("conv.bias") : nullptr;
+        auto ref = ref_conv2d(in, g.parameter("conv.weight"), bias, c.o);
+        INFO("case cin=" << c.cin << " cout=" << c.o.out_channels << " groups=" << c.o.groups);
+        CHECK(test::max_rel_err(y, ref) < 1e-12);
+    }
+}
+
+TEST_CASE("Conv2d rejects a wrong input shape naming the node", "[conv]") {
+    GraphBuilder<float> b;
+    auto x = b.input("x", {1, 3, 8, 8});
+    b.output(nn::conv2d(x, "stem", {.out_channels = 4}));
+    auto g = std::move(b).build();
+    Executor<float> ex(g);
+    Tensor<float> bad(Shape{1, 4, 8, 8});
+    CHECK_THROWS_AS(ex.forward(bad), ShapeError);
+    Tensor<float> tiny(Shape{1, 3, 2, 2});
+    CHECK_THROWS_WITH(ex.forward(tiny), Catch::Contains("stem") && Catch::Contains("too small"));
+}
