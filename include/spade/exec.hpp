@@ -2,3 +2,4 @@
 #pragma once
 
 #include "spade/exec/executor.hpp"
+#include "spade/exec/ops/fixed_point.hpp"

@@ -83,8 +83,8 @@ public:
         scopes_.push_back({prefix, false});
         return Scope(this);
     }
-    /// Names parameters from `prefix.` on (ignoring outer scopes) and shares
-    /// parameters whose names already exist.
+    /// Names parameters from `prefix.` on (ignoring outer scopes; node names are
+    /// unaffected) and shares parameters whose names already exist.
     [[nodiscard]] Scope param_scope(const std::string& prefix) {
         scopes_.push_back({prefix, true});
         return Scope(this);
@@ -153,9 +153,10 @@ private:
         if (b.empty()) return a;
         return a + "." + b;
     }
-    std::string node_prefix() const {
+    std::string node_prefix() const {  // param scopes name parameters only
         std::string s;
-        for (const auto& e : scopes_) s = join(s, e.prefix);
+        for (const auto& e : scopes_)
+            if (!e.param_root) s = join(s, e.prefix);
         return s;
     }
     std::string param_prefix() const {

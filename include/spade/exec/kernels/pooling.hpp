@@ -1,0 +1,182 @@
+// Pooling kernels over NCHW planes with PyTorch's semantics: max and average
+// over strided, padded (max: dilated) windows, and adaptive average over
+// PyTorch's bins. Loops run along output rows so the compiler can vectorize.
+#pragma once
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "spade/core/threading.hpp"
+#include "spade/exec/kernels/im2col.hpp"
+
+namespace spade::kernels {
+
+/// a / b rounded toward minus infinity (b > 0), as PyTorch's pooling shape rule needs.
+inline Index floor_div(Index a, Index b) { return a / b - ((a % b != 0 && a < 0) ? 1 : 0); }
+
+/// Output extent of a pooling window along one axis (PyTorch's rule): with
+/// `ceil_mode` partial windows count, but the last window must start inside the
+/// input or the left padding. May come out < 1; callers report that.
+inline Index pool_out_extent(Index in, Index k, Index s, Index p, Index d, bool ceil_mode) {
+    const Index span = in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
+    Index out = floor_div(span, s) + 1;
+    if (ceil_mode && out > 0 && (out - 1) * s >= in + p) --out;
+    return out;
+}
+
+/// Elements an average-pooling window at output `o` divides by along one axis:
+/// the window clipped to the padded input (count_include_pad) or to the input.
+inline Index avg_pool_count(Index o, Index k, Index s, Index p, Index in, bool count_include_pad) {
+    const Index start = o * s - p, end = std::min(start + k, in + p);
+    if (count_include_pad) return end - start;
+    return std::min(end, in) - std::max(start, Index(0));
+}
+
+/// First and one-past-last input index of adaptive bin `o` of `out` over `in`:
+/// [floor(o*in/out), ceil((o+1)*in/out)).
+inline std::pair<Index, Index> adaptive_bin(Index o, Index in, Index out) {
+    return {o * in / out, ((o + 1) * in + out - 1) / out};
+}
+
+namespace detail {
+
+// Output columns [lo, hi) whose input column ow*stride + offset lies inside [0, in).
+inline std::pair<Index, Index> inside_columns(Index offset, Index stride, Index in, Index out) {
+    Index lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    Index hi = in - offset <= 0 ? 0 : std::min(out, (in - offset + stride - 1) / stride);
+    lo = std::min(lo, out);
+    return {lo, std::max(hi, lo)};
+}
+
+// Column ranges for every kernel column kj, shared by every row and plane.
+inline std::vector<std::pair<Index, Index>> kernel_columns(const ConvGeometry& g) {
+    std::vector<std::pair<Index, Index>> cols(static_cast<std::size_t>(g.kernel_w));
+    for (Index kj = 0; kj < g.kernel_w; ++kj)
+        cols[kj] = inside_columns(kj * g.dilation_w - g.pad_w, g.stride_w, g.in_w, g.out_w);
+    return cols;
+}
+
+// Sum of n contiguous values with independent partial sums (vectorizable, and
+// more accurate than one running sum over a large plane).
+template <class T>
+T sum(const T* x, Index n) {
+    T acc[8] = {};
+    Index i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += x[i + k];
+    T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; ++i) s += x[i];
+    return s;
+}
+
+}  // namespace detail
+
+/// Max over each window of `planes` [in_h, in_w] planes into [out_h, out_w]
+/// planes. Padding never wins (it reads as -inf) and NaN propagates, as in PyTorch.
+template <class T>
+void max_pool2d(const T* in, Index planes, const ConvGeometry& g, T* out) {
+    const auto cols = detail::kernel_columns(g);
+    const Index in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    parallel_for(
+        planes,
+        [&](long c) {
+            const T* src = in + c * in_plane;
+            T* dst = out + c * out_plane;
+            std::fill(dst, dst + out_plane, -std::numeric_limits<T>::infinity());
+            for (Index oh = 0; oh < g.out_h; ++oh) {
+                T* d = dst + oh * g.out_w;
+                for (Index ki = 0; ki < g.kernel_h; ++ki) {
+                    const Index ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+                    if (ih < 0 || ih >= g.in_h) continue;
+                    const T* row = src + ih * g.in_w;
+                    for (Index kj = 0; kj < g.kernel_w; ++kj) {
+                        const Index off = kj * g.dilation_w - g.pad_w;
+                        const auto [lo, hi] = cols[kj];
+                        if (g.stride_w == 1)
+                            for (Index ow = lo; ow < hi; ++ow) {
+                                const T v = row[ow + off];
+                                d[ow] = (v > d[ow] || v != v) ? v : d[ow];
+                            }
+                        else
+                            for (Index ow = lo; ow < hi; ++ow) {
+                                const T v = row[ow * g.stride_w + off];
+                                d[ow] = (v > d[ow] || v != v) ? v : d[ow];
+                            }
+                    }
+                }
+            }
+        },
+        out_plane * g.kernel_h * g.kernel_w);
+}
+
+/// Mean over each window (no dilation) with PyTorch's divisor: the window
+/// clipped to the padded input when `count_include_pad`, else to the input.
+template <class T>
+void avg_pool2d(const T* in, Index planes, const ConvGeometry& g, bool count_include_pad, T* out) {
+    const auto cols = detail::kernel_columns(g);
+    std::vector<T> count_w(static_cast<std::size_t>(g.out_w));
+    for (Index ow = 0; ow < g.out_w; ++ow)
+        count_w[ow] = static_cast<T>(avg_pool_count(ow, g.kernel_w, g.stride_w, g.pad_w, g.in_w, count_include_pad));
+    const Index in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    parallel_for(
+        planes,
+        [&](long c) {
+            const T* src = in + c * in_plane;
+            T* dst = out + c * out_plane;
+            std::fill(dst, dst + out_plane, T(0));
+            for (Index oh = 0; oh < g.out_h; ++oh) {
+                T* d = dst + oh * g.out_w;
+                for (Index ki = 0; ki < g.kernel_h; ++ki) {
+                    const Index ih = oh * g.stride_h - g.pad_h + ki;
+                    if (ih < 0 || ih >= g.in_h) continue;
+                    const T* row = src + ih * g.in_w;
+                    for (Index kj = 0; kj < g.kernel_w; ++kj) {
+                        const Index off = kj - g.pad_w;
+                        const auto [lo, hi] = cols[kj];
+                        if (g.stride_w == 1)
+                            for (Index ow = lo; ow < hi; ++ow) d[ow] += row[ow + off];
+                        else
+                            for (Index ow = lo; ow < hi; ++ow) d[ow] += row[ow * g.stride_w + off];
+                    }
+                }
+                const T count_h =
+                    static_cast<T>(avg_pool_count(oh, g.kernel_h, g.stride_h, g.pad_h, g.in_h, count_include_pad));
+                for (Index ow = 0; ow < g.out_w; ++ow) d[ow] /= count_h * count_w[ow];
+            }
+        },
+        out_plane * g.kernel_h * g.kernel_w);
+}
+
+/// Mean over PyTorch's adaptive bins of `planes` [in_h, in_w] planes into
+/// [out_h, out_w] planes; a 1x1 output is the plain mean of each plane.
+template <class T>
+void adaptive_avg_pool2d(const T* in, Index planes, Index in_h, Index in_w, Index out_h, Index out_w, T* out) {
+    const Index in_plane = in_h * in_w, out_plane = out_h * out_w;
+    if (out_plane == 1) {
+        parallel_for(
+            planes, [&](long c) { out[c] = detail::sum(in + c * in_plane, in_plane) / static_cast<T>(in_plane); },
+            in_plane);
+        return;
+    }
+    parallel_for(
+        planes,
+        [&](long c) {
+            const T* src = in + c * in_plane;
+            T* dst = out + c * out_plane;
+            for (Index oh = 0; oh < out_h; ++oh) {
+                const auto [h0, h1] = adaptive_bin(oh, in_h, out_h);
+                for (Index ow = 0; ow < out_w; ++ow) {
+                    const auto [w0, w1] = adaptive_bin(ow, in_w, out_w);
+                    T s = 0;
+                    for (Index ih = h0; ih < h1; ++ih)
+                        for (Index iw = w0; iw < w1; ++iw) s += src[ih * in_w + iw];
+                    dst[oh * out_w + ow] = s / static_cast<T>((h1 - h0) * (w1 - w0));
+                }
+            }
+        },
+        in_plane);
+}
+
+}  // namespace spade::kernels

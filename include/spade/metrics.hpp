@@ -1,0 +1,4 @@
+// Umbrella header of the metrics layer.
+#pragma once
+
+#include "spade/metrics/count.hpp"

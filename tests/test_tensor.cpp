@@ -1,0 +1,52 @@
+#include "fixtures.hpp"
+
+#include <Eigen/Dense>
+
+using namespace spade;
+
+TEST_CASE("TensorView views caller memory with strides and Eigen maps", "[tensor]") {
+    std::vector<float> buf(2 * 3 * 4);
+    for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>(i);
+    TensorView<float, 3> v(buf, {2, 3, 4});
+    CHECK(v.contiguous());
+    CHECK(v(1, 2, 3) == 23.0f);
+    CHECK(v[1](0, 1) == 13.0f);
+    // a 2-D slice maps to Eigen without copying: writes land in the vector
+    auto m = v.matrix(1);
+    CHECK(m.rows() == 3);
+    CHECK(m.cols() == 4);
+    CHECK(m(2, 1) == 21.0f);
+    m(0, 0) = -1.0f;
+    CHECK(buf[12] == -1.0f);
+    // a transposed (strided) view of the same memory
+    TensorView<float, 2> t(buf.data(), {4, 3}, {1, 4});
+    CHECK_FALSE(t.contiguous());
+    CHECK(t(3, 2) == 11.0f);
+    CHECK(t.matrix()(3, 2) == 11.0f);
+    // Eigen matrix as backing store
+    Eigen::MatrixXd e = Eigen::MatrixXd::Zero(3, 2);
+    TensorView<double, 2> ev(e, {2, 3});  // column-major storage viewed row-major: element (1,0) is e(0,1)
+    ev(1, 0) = 5.0;
+    CHECK(e(0, 1) == 5.0);
+    TensorView<const float, 3> cv = v;
+    CHECK(cv(0, 0, 1) == 1.0f);
+}
+
+TEST_CASE("TensorView and Tensor report shape errors with the shapes", "[tensor]") {
+    std::vector<float> small(5);
+    CHECK_THROWS_WITH((TensorView<float, 2>(small, {2, 3})), Catch::Contains("5") && Catch::Contains("[2, 3]"));
+    std::vector<float> buf(6);
+    TensorView<float, 2> v(buf, {2, 3});
+    CHECK_THROWS_AS(v.at(2, 0), ShapeError);
+    CHECK_THROWS_WITH(v.at(0, 3), Catch::Contains("[2, 3]"));
+    CHECK_THROWS_AS(v[2], ShapeError);
+    CHECK_THROWS_AS(Tensor<float>(Shape{2, 2}, std::vector<float>(3)), ShapeError);
+    Tensor<float> t(Shape{2, 3});
+    CHECK_THROWS_AS(t.view<4>(), ShapeError);
+    CHECK_THROWS_AS(t.reshape({4, 2}), ShapeError);
+    CHECK_THROWS_AS(Shape({2, -1}), ShapeError);
+    CHECK_THROWS_AS(Shape({2, 3})[2], ShapeError);
+    CHECK(Shape({2, 3})[-1] == 3);
+    t.reshape({3, 2});
+    CHECK(t.shape() == Shape{3, 2});
+}
