@@ -5,4 +5,8 @@
 #include "spade/core.hpp"
 #include "spade/exec.hpp"
 #include "spade/graph.hpp"
+#include "spade/graph/shape_inference.hpp"
+#include "spade/io.hpp"
+#include "spade/metrics.hpp"
+#include "spade/models.hpp"
 #include "spade/tensor.hpp"

@@ -42,6 +42,8 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
         for (long i = 0; i < n; ++i) body(i);
         return;
     }
+#else
+    (void)work_per_item;
 #endif
     for (long i = 0; i < n; ++i) body(i);
 }

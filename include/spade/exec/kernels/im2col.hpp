@@ -23,39 +23,52 @@ struct ConvGeometry {
     }
 };
 
-/// Writes `channels` x (kh*kw) rows of out_h*out_w columns into `col` from the
-/// [channels, in_h, in_w] image at `im`. Padding reads as zero.
+/// Writes `channels` x (kh*kw) rows of im2col columns for output pixels
+/// [p_begin, p_end) (row-major pixel index oh * out_w + ow) into `col`, whose
+/// rows are `ldcol` apart; column p lands at col[row * ldcol + p]. Padding reads
+/// as zero. Rows are split over threads unless called inside a parallel region.
 template <class T>
-void im2col(const T* im, Index channels, const ConvGeometry& g, T* col) {
-    const Index kk = g.kernel_h * g.kernel_w, plane = g.out_h * g.out_w;
+void im2col(const T* im, Index channels, const ConvGeometry& g, T* col, Index p_begin, Index p_end, Index ldcol) {
+    const Index kk = g.kernel_h * g.kernel_w;
     parallel_for(
         channels * kk,
         [&](long r) {
             const Index c = r / kk, ki = (r % kk) / g.kernel_w, kj = r % g.kernel_w;
             const T* src = im + c * g.in_h * g.in_w;
-            T* dst = col + r * plane;
+            T* dst = col + r * ldcol;
             // output columns whose input column is inside the image
             const Index off_w = kj * g.dilation_w - g.pad_w;
             Index ow_lo = off_w >= 0 ? 0 : (-off_w + g.stride_w - 1) / g.stride_w;
             Index ow_hi = g.in_w - off_w <= 0 ? 0 : std::min(g.out_w, (g.in_w - off_w + g.stride_w - 1) / g.stride_w);
             ow_lo = std::min(ow_lo, g.out_w);
             ow_hi = std::max(ow_hi, ow_lo);
-            for (Index oh = 0; oh < g.out_h; ++oh) {
+            for (Index oh = p_begin / g.out_w, p = p_begin; p < p_end; ++oh) {
+                const Index row_start = oh * g.out_w;
+                const Index a = p - row_start, e = std::min(g.out_w, p_end - row_start);  // [a, e) of this output row
+                T* d = dst + row_start;
                 const Index ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-                T* d = dst + oh * g.out_w;
                 if (ih < 0 || ih >= g.in_h) {
-                    std::fill(d, d + g.out_w, T(0));
-                    continue;
+                    std::fill(d + a, d + e, T(0));
+                } else {
+                    const T* s = src + ih * g.in_w + off_w;
+                    const Index lo = std::clamp(ow_lo, a, e), hi = std::clamp(ow_hi, lo, e);
+                    std::fill(d + a, d + lo, T(0));
+                    if (g.stride_w == 1) std::memcpy(d + lo, s + lo, sizeof(T) * static_cast<std::size_t>(hi - lo));
+                    else
+                        for (Index ow = lo; ow < hi; ++ow) d[ow] = s[ow * g.stride_w];
+                    std::fill(d + hi, d + e, T(0));
                 }
-                const T* s = src + ih * g.in_w + off_w;
-                std::fill(d, d + ow_lo, T(0));
-                if (g.stride_w == 1) std::memcpy(d + ow_lo, s + ow_lo, sizeof(T) * static_cast<std::size_t>(ow_hi - ow_lo));
-                else
-                    for (Index ow = ow_lo; ow < ow_hi; ++ow) d[ow] = s[ow * g.stride_w];
-                std::fill(d + ow_hi, d + g.out_w, T(0));
+                p = row_start + e;
             }
         },
-        g.out_h * g.out_w);
+        p_end - p_begin);
+}
+
+/// im2col of the whole output plane into a [channels*kh*kw, out_h*out_w] buffer.
+template <class T>
+void im2col(const T* im, Index channels, const ConvGeometry& g, T* col) {
+    const Index plane = g.out_h * g.out_w;
+    im2col(im, channels, g, col, 0, plane, plane);
 }
 
 /// Adds the columns of `col` back into the [channels, in_h, in_w] image `im`

@@ -96,6 +96,8 @@ private:
 };
 
 inline const bool fixed_point_registered = register_op<FixedPoint>("FixedPoint");
+SPADE_OP_INSTANCES(FixedPoint)
+SPADE_OP_INSTANCES(Executor)
 
 namespace nn {
 

@@ -7,6 +7,23 @@
 #include "spade/graph/op.hpp"
 #include "spade/graph/registry.hpp"
 
+// Explicit instantiation of built-in ops. A header-only library instantiates
+// every op for float and double in every translation unit that includes it,
+// which costs about a minute of compile time per file. A project with many
+// files (spade's own tests) defines SPADE_EXTERN_TEMPLATES everywhere and
+// SPADE_INSTANTIATE_TEMPLATES in exactly one file, which then holds the only copy.
+#if defined(SPADE_INSTANTIATE_TEMPLATES)
+#define SPADE_TEMPLATE_INSTANCE(...) template class __VA_ARGS__;
+#elif defined(SPADE_EXTERN_TEMPLATES)
+#define SPADE_TEMPLATE_INSTANCE(...) extern template class __VA_ARGS__;
+#else
+#define SPADE_TEMPLATE_INSTANCE(...)
+#endif
+/// Declares (or defines) the float and double instances of op template `tmpl<T, extra...>`.
+#define SPADE_OP_INSTANCES(tmpl, ...)                              \
+    SPADE_TEMPLATE_INSTANCE(tmpl<float __VA_OPT__(, ) __VA_ARGS__>) \
+    SPADE_TEMPLATE_INSTANCE(tmpl<double __VA_OPT__(, ) __VA_ARGS__>)
+
 namespace spade {
 
 /// A (height, width) pair that also converts from a single number: `.kernel = 3`, `.kernel = {1, 7}`.

@@ -100,28 +100,54 @@ public:
             }
             for (Index gi = 0; gi < o_.groups; ++gi) {
                 const T* src = xb + gi * cin_g * plane_in;
-                const T* col = src;
-                if (!g.is_pointwise()) {
-                    kernels::im2col(src, cin_g, g, ctx.workspace.data());
-                    col = ctx.workspace.data();
-                }
+                const T* wg = w.data + gi * cout_g * k;
+                const T* bg = bias ? bias + gi * cout_g : nullptr;
                 T* dst = yb + gi * cout_g * plane_out;
-                kernels::gemm(cout_g, plane_out, k, w.data + gi * cout_g * k, k, col, plane_out, dst, plane_out);
-                if (bias) add_bias(dst, bias + gi * cout_g, cout_g, plane_out);
+                if (g.is_pointwise()) {  // the image is already the column matrix
+                    kernels::gemm(cout_g, plane_out, k, wg, k, src, plane_out, dst, plane_out);
+                    if (bg) add_bias(dst, bg, cout_g, plane_out, 0, plane_out);
+                } else {
+                    conv_tiled(src, cin_g, g, wg, bg, cout_g, k, ctx.workspace.data(), dst);
+                }
             }
         }
     }
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
-    static void add_bias(T* y, const T* bias, Index channels, Index plane) {
+    // y[c, p] += bias[c] for pixels [p0, p1) of planes `plane` apart
+    static void add_bias(T* y, const T* bias, Index channels, Index plane, Index p0, Index p1) {
+        for (Index c = 0; c < channels; ++c) {
+            T* d = y + c * plane;
+            for (Index i = p0; i < p1; ++i) d[i] += bias[c];
+        }
+    }
+    // im2col + GEMM over blocks of output pixels: each thread lays out the columns
+    // of its own block (into its slice of the full column buffer) and multiplies
+    // them right away while they are still in cache. When there are too few
+    // blocks to share, one im2col and one GEMM split by Eigen instead.
+    static void conv_tiled(const T* src, Index cin_g, const kernels::ConvGeometry& g, const T* w, const T* bias,
+                           Index cout_g, Index k, T* col, T* dst) {
+        const Index plane = g.out_h * g.out_w;
+        // block width: about 256 KiB of columns, a multiple of 16, at least 64
+        const Index width = std::max<Index>(64, (Index(256 * 1024) / Index(sizeof(T)) / std::max<Index>(k, 1)) / 16 * 16);
+        const Index blocks = (plane + width - 1) / width;
+        const int threads = num_threads();
+        if (threads > 1 && blocks < 2 * threads) {
+            kernels::im2col(src, cin_g, g, col);
+            kernels::gemm(cout_g, plane, k, w, k, col, plane, dst, plane);
+            if (bias) add_bias(dst, bias, cout_g, plane, 0, plane);
+            return;
+        }
         parallel_for(
-            channels,
-            [&](long c) {
-                T* d = y + c * plane;
-                for (Index i = 0; i < plane; ++i) d[i] += bias[c];
+            blocks,
+            [&](long b) {
+                const Index p0 = b * width, p1 = std::min(plane, p0 + width);
+                kernels::im2col(src, cin_g, g, col, p0, p1, plane);
+                kernels::gemm(cout_g, p1 - p0, k, w, k, col + p0, plane, dst + p0, plane);
+                if (bias) add_bias(dst, bias, cout_g, plane, p0, p1);
             },
-            plane);
+            cout_g * k * width);
     }
     kernels::ConvGeometry geometry(const Shape& x, std::string_view node) const {
         kernels::ConvGeometry g;
@@ -140,6 +166,7 @@ private:
 };
 
 inline const bool conv2d_registered = register_op<Conv2d>("Conv2d");
+SPADE_OP_INSTANCES(Conv2d)
 
 namespace nn {
 
