@@ -98,6 +98,12 @@ TEST_CASE("executor reuses activation buffers by lifetime", "[graph][exec]") {
     CHECK(ex.plan().buffer_elements.size() == 2);
     ex.forward(test::random_tensor<float>({2, 4, 10, 12}, 1));  // new shapes: replanned
     CHECK(ex.plan().value_shapes[g.outputs()[0]] == Shape{2, 4, 10, 12});
+    // profiling adds up per-node wall time over the runs that follow
+    ex.set_profiling(true);
+    REQUIRE(ex.node_seconds().size() == g.nodes().size());
+    CHECK(std::all_of(ex.node_seconds().begin(), ex.node_seconds().end(), [](double s) { return s == 0.0; }));
+    ex.forward(test::random_tensor<float>({1, 4, 16, 16}, 2));
+    CHECK(std::all_of(ex.node_seconds().begin(), ex.node_seconds().end(), [](double s) { return s > 0.0; }));
 }
 
 TEST_CASE("weight sharing: K unrolled iterations use one parameter set", "[graph][sharing]") {

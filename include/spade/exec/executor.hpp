@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -77,9 +78,23 @@ public:
             for (ValueId v : n.inputs) in.push_back(value(v));
             for (ValueId v : n.outputs) out.push_back(mutable_value(v));
             for (ParamId p : n.params) ps.push_back(g.parameter(p).ref());
+            if (!profiling_) {
+                n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_)});
+                continue;
+            }
+            const auto t0 = std::chrono::steady_clock::now();
             n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_)});
+            node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
     }
+
+    /// Starts (or stops) adding up the wall time of every node over the runs that follow.
+    void set_profiling(bool on) {
+        profiling_ = on;
+        node_seconds_.assign(graph_->nodes().size(), 0.0);
+    }
+    /// Seconds spent in each node (indexed by NodeId) since profiling was switched on.
+    const std::vector<double>& node_seconds() const { return node_seconds_; }
 
     /// A value computed by the last run (valid until the next run; buffers are reused,
     /// so only graph outputs and values still live at the end are guaranteed intact).
@@ -175,6 +190,8 @@ private:
     std::vector<std::vector<T>> buffers_;
     std::vector<T> workspace_;
     std::vector<TensorRef<const T>> inputs_;
+    bool profiling_ = false;
+    std::vector<double> node_seconds_;
 };
 
 }  // namespace spade
