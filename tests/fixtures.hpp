@@ -45,6 +45,17 @@ double max_rel_err(const A& a, const B& b) {
     return err / scale;
 }
 
+/// MACs of node `name` at the graph's example shapes, through the op interface.
+template <class T>
+Index node_macs(const Graph<T>& g, const std::string& name) {
+    const NodeId id = g.node_id(name);
+    const auto& n = g.node(id);
+    std::vector<Shape> in, out, ps = g.param_shapes(id);
+    for (ValueId v : n.inputs) in.push_back(g.value(v).shape);
+    for (ValueId v : n.outputs) out.push_back(g.value(v).shape);
+    return n.op->macs(ShapeContext{n.name, in, ps}, out);
+}
+
 /// Runs a single-input, single-output graph on `x`.
 template <class T>
 Tensor<T> run(const Graph<T>& g, const Tensor<T>& x) {

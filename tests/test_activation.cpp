@@ -6,17 +6,6 @@ using namespace spade;
 
 namespace {
 
-// MACs of node `name` at the graph's example shapes, through the op interface.
-template <class T>
-Index node_macs(const Graph<T>& g, const std::string& name) {
-    const NodeId id = g.node_id(name);
-    const auto& n = g.node(id);
-    std::vector<Shape> in, out, ps = g.param_shapes(id);
-    for (ValueId v : n.inputs) in.push_back(g.value(v).shape);
-    for (ValueId v : n.outputs) out.push_back(g.value(v).shape);
-    return n.op->macs(ShapeContext{n.name, in, ps}, out);
-}
-
 // Shapes every activation is checked on: odd channels, non-square, rank 2, batch 2,
 // and one large enough (> 32768 elements) to take the multi-threaded path.
 const std::vector<Shape> shapes{{2, 3, 9, 7}, {1, 7, 5, 12}, {2, 33, 4, 3}, {2, 33}, {3, 7}, {2, 7, 64, 65}};
@@ -79,7 +68,7 @@ TEST_CASE("Activations match a double reference on random shapes", "[activation]
             auto gd = one_op<double>(s, r.build_d);
             CHECK(gd.node(0).op->type() == r.type);
             CHECK(test::max_rel_err(test::run(gd, xd), ref) < 1e-14);
-            CHECK(node_macs(gd, "act") == s.numel());
+            CHECK(test::node_macs(gd, "act") == s.numel());
 
             auto gf = one_op<float>(s, r.build_f);
             Tensor<float> xf(s);
@@ -174,7 +163,7 @@ TEST_CASE("PReLU matches a double reference, per channel and scalar", "[activati
                 ref[i] = in[i] >= 0 ? in[i] : slope * in[i];
             }
             CHECK(test::max_rel_err(test::run(g, in), ref) < 1e-15);
-            CHECK(node_macs(g, "act") == s.numel());
+            CHECK(test::node_macs(g, "act") == s.numel());
         }
     }
 }

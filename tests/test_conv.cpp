@@ -56,6 +56,9 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 6, 7, 7, {.out_channels = 4, .kernel = 1, .stride = 2}},
         // 1x1 over a plane wide enough to be split into one band of pixels per thread
         {2, 7, 12, 11, {.out_channels = 5, .kernel = 1}},
+        // few pixels, many output channels: split into bands of weight rows per thread
+        {1, 9, 5, 6, {.out_channels = 40, .kernel = 1}},
+        {2, 5, 6, 7, {.out_channels = 36, .kernel = 3, .padding = 1}},
         // wide planes: split into pixel blocks that threads lay out and multiply on their own
         {1, 64, 40, 45, {.out_channels = 5, .kernel = 3, .padding = 1}},
         {2, 48, 37, 50, {.out_channels = 4, .kernel = 3, .stride = {2, 1}, .padding = 2, .dilation = 2, .groups = 2}},

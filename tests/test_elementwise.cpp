@@ -6,17 +6,6 @@ using namespace spade;
 
 namespace {
 
-// MACs of node `name` at the graph's example shapes, through the op interface.
-template <class T>
-Index node_macs(const Graph<T>& g, const std::string& name) {
-    const NodeId id = g.node_id(name);
-    const auto& n = g.node(id);
-    std::vector<Shape> in, out, ps = g.param_shapes(id);
-    for (ValueId v : n.inputs) in.push_back(g.value(v).shape);
-    for (ValueId v : n.outputs) out.push_back(g.value(v).shape);
-    return n.op->macs(ShapeContext{n.name, in, ps}, out);
-}
-
 // General NumPy-style broadcast in double (ranks aligned at the right, extent 1
 // repeats; the output shape is given, so a single element of higher rank counts
 // as a scalar): more than the op accepts, so it checks the op's indexing independently.
@@ -107,7 +96,7 @@ TEST_CASE("Add, Sub, Mul match a broadcasting reference", "[elementwise]") {
             auto g = two_inputs<double>(c.a, c.b, op.build);
             REQUIRE(g.value(g.outputs()[0]).shape == c.out);
             CHECK(g.node(0).op->type() == op.type);
-            CHECK(node_macs(g, "op") == c.out.numel());
+            CHECK(test::node_macs(g, "op") == c.out.numel());
             auto a = test::random_tensor<double>(c.a, ++seed);
             auto b = test::random_tensor<double>(c.b, ++seed);
             Executor<double> ex(g);

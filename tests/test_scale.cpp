@@ -4,17 +4,6 @@ using namespace spade;
 
 namespace {
 
-// MACs of node `name` at the graph's example shapes, through the op interface.
-template <class T>
-Index node_macs(const Graph<T>& g, const std::string& name) {
-    const NodeId id = g.node_id(name);
-    const auto& n = g.node(id);
-    std::vector<Shape> in, out, ps = g.param_shapes(id);
-    for (ValueId v : n.inputs) in.push_back(g.value(v).shape);
-    for (ValueId v : n.outputs) out.push_back(g.value(v).shape);
-    return n.op->macs(ShapeContext{n.name, in, ps}, out);
-}
-
 // Odd channels, non-square, rank 2, batch 2, and one shape above the threading threshold.
 const std::vector<Shape> shapes{{2, 3, 9, 7}, {1, 7, 5, 12}, {2, 33, 4, 3}, {2, 33}, {3, 7}, {2, 7, 64, 65}};
 
@@ -41,7 +30,7 @@ TEST_CASE("Scale matches a double reference, per channel and scalar", "[scale]")
             for (Index i = 0; i < s.numel(); ++i)
                 ref[i] = in[i] * (per_channel ? w.data()[(i / plane) % s[1]] : w.data()[0]);
             CHECK(test::max_rel_err(test::run(g, in), ref) < 1e-15);
-            CHECK(node_macs(g, "gain") == s.numel());
+            CHECK(test::node_macs(g, "gain") == s.numel());
         }
     }
 }
@@ -102,8 +91,8 @@ TEST_CASE("Dropout and Identity copy their input and cost no MACs", "[scale][ide
         auto out = test::run(g, in);
         REQUIRE(out.shape() == s);
         CHECK(std::equal(in.begin(), in.end(), out.begin()));
-        CHECK(node_macs(g, "drop") == 0);
-        CHECK(node_macs(g, "id") == 0);
+        CHECK(test::node_macs(g, "drop") == 0);
+        CHECK(test::node_macs(g, "id") == 0);
         CHECK(g.node(0).op->type() == "Dropout");
         CHECK(g.node(1).op->type() == "Identity");
     }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "spade/graph/graph.hpp"
+#include "spade/graph/shape_inference.hpp"
 
 namespace spade {
 
@@ -116,9 +117,8 @@ public:
         ExecPlan p;
         p.input_shapes = input_shapes;
         p.graph_version = g.version();
-        p.value_shapes.assign(g.values().size(), Shape{});
+        p.value_shapes = infer_value_shapes(g, input_shapes);  // throws ShapeError naming the node
         p.buffer_of.assign(g.values().size(), -1);
-        for (std::size_t i = 0; i < g.inputs().size(); ++i) p.value_shapes[g.inputs()[i]] = input_shapes[i];
 
         // last reader of each value; outputs live to the end
         const int end = static_cast<int>(g.nodes().size());
@@ -130,19 +130,12 @@ public:
         std::vector<int> free_list;  // buffers not holding a live value
         for (int i = 0; i < end; ++i) {
             const auto& n = g.nodes()[i];
-            std::vector<Shape> in, ps = g.param_shapes(i);
+            std::vector<Shape> in, out, ps = g.param_shapes(i);
             for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
-            ShapeContext ctx{n.name, in, ps};
-            auto out = n.op->infer_shapes(ctx);
-            if (out.size() != n.outputs.size())
-                fail<GraphError>("node '", n.name, "' produced ", out.size(), " shapes for ", n.outputs.size(), " outputs");
-            p.workspace_elements = std::max(p.workspace_elements, n.op->workspace_size(ctx, out));
+            for (ValueId v : n.outputs) out.push_back(p.value_shapes[v]);
+            p.workspace_elements = std::max(p.workspace_elements, n.op->workspace_size(ShapeContext{n.name, in, ps}, out));
             p.node_param_shapes.push_back(ps);
-            for (std::size_t k = 0; k < out.size(); ++k) {
-                ValueId v = n.outputs[k];
-                p.value_shapes[v] = out[k];
-                p.buffer_of[v] = take_buffer(p, free_list, out[k].numel());
-            }
+            for (ValueId v : n.outputs) p.buffer_of[v] = take_buffer(p, free_list, p.value_shapes[v].numel());
             // release values whose last reader is this node (or that nobody reads)
             auto release = [&](ValueId v) {
                 if (p.buffer_of[v] >= 0 && last[v] <= i &&

@@ -2,8 +2,11 @@
 // every dense layer (conv via im2col, 1x1 conv, linear) goes through.
 #pragma once
 
+#include <algorithm>
+
 #include <Eigen/Core>
 
+#include "spade/core/threading.hpp"
 #include "spade/tensor/shape.hpp"
 
 namespace spade::kernels {
@@ -24,6 +27,30 @@ void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ld
     RowMap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
     if (accumulate) C.noalias() += A * B;
     else C.noalias() = A * B;
+}
+
+/// C = A * B as gemm(), split over spade's threads into independent single-threaded
+/// products: bands of columns when each thread gets at least 64, else bands of rows
+/// (at least 16 each), else one product threaded by Eigen. Independent bands need no
+/// synchronisation inside the product, which measured faster than Eigen's own split.
+template <class T>
+void gemm_parallel(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc) {
+    const Index threads = num_threads();
+    if (threads > 1 && n / threads >= 64) {
+        const Index band = (n + threads - 1) / threads;
+        parallel_for(threads, [&](long t) {
+            const Index j0 = t * band, j1 = std::min(n, j0 + band);
+            if (j1 > j0) gemm(m, j1 - j0, k, a, lda, b + j0, ldb, c + j0, ldc);
+        }, 1 << 20);
+    } else if (threads > 1 && m / threads >= 16) {
+        const Index band = (m + threads - 1) / threads;
+        parallel_for(threads, [&](long t) {
+            const Index i0 = t * band, i1 = std::min(m, i0 + band);
+            if (i1 > i0) gemm(i1 - i0, n, k, a + i0 * lda, lda, b, ldb, c + i0 * ldc, ldc);
+        }, 1 << 20);
+    } else {
+        gemm(m, n, k, a, lda, b, ldb, c, ldc);
+    }
 }
 
 /// C[m x n] (=|+=) A[m x k] * B[n x k]^T (B row-major as stored, e.g. a Linear weight).

@@ -121,31 +121,16 @@ private:
             for (Index i = p0; i < p1; ++i) d[i] += bias[c];
         }
     }
-    // 1x1 convolution: a plain GEMM. On several threads each takes its own band
-    // of output pixels with a single-threaded GEMM (no synchronisation inside).
+    // 1x1 convolution: the image is already the column matrix.
     static void pointwise(const T* x, const T* w, const T* bias, Index cout, Index k, Index plane, T* y) {
-        const int threads = num_threads();
-        const Index band = (plane + threads - 1) / threads;
-        if (threads == 1 || band < 32) {
-            kernels::gemm(cout, plane, k, w, k, x, plane, y, plane);
-            if (bias) add_bias(y, bias, cout, plane, 0, plane);
-            return;
-        }
-        parallel_for(
-            threads,
-            [&](long t) {
-                const Index p0 = t * band, p1 = std::min(plane, p0 + band);
-                if (p1 <= p0) return;
-                kernels::gemm(cout, p1 - p0, k, w, k, x + p0, plane, y + p0, plane);
-                if (bias) add_bias(y, bias, cout, plane, p0, p1);
-            },
-            1 << 20);
+        kernels::gemm_parallel(cout, plane, k, w, k, x, plane, y, plane);
+        if (bias) add_bias(y, bias, cout, plane, 0, plane);
     }
     // On several threads, im2col + GEMM run over blocks of output pixels: each
     // thread lays out the columns of its own block (into its slice of the full
     // column buffer) and multiplies them right away while they are still in
     // cache. On one thread, or with too few blocks to share, one im2col and one
-    // GEMM (split by Eigen) measured as fast or faster.
+    // GEMM (split into row bands) measured as fast or faster.
     static void conv_tiled(const T* src, Index cin_g, const kernels::ConvGeometry& g, const T* w, const T* bias,
                            Index cout_g, Index k, T* col, T* dst) {
         const Index plane = g.out_h * g.out_w;
@@ -155,7 +140,7 @@ private:
         const int threads = num_threads();
         if (threads == 1 || blocks < 2 * threads) {
             kernels::im2col(src, cin_g, g, col);
-            kernels::gemm(cout_g, plane, k, w, k, col, plane, dst, plane);
+            kernels::gemm_parallel(cout_g, plane, k, w, k, col, plane, dst, plane);
             if (bias) add_bias(dst, bias, cout_g, plane, 0, plane);
             return;
         }

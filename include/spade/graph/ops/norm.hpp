@@ -254,6 +254,45 @@ private:
     GroupNormOptions o_;
 };
 
+namespace detail::norm {
+
+/// Everything InstanceNorm2d and LayerNorm2d share (their settings are eps and
+/// affine): attributes, parameter roles, the [N, C, H, W] check and MACs.
+/// `Derived` names itself in `Derived::name` and brings its own forward.
+template <class Derived, class T, class Options>
+class AffineNorm : public OpBase<Derived, T> {
+public:
+    explicit AffineNorm(const Options& o) : o_(o) { check_eps(o.eps, Derived::name); }
+    static Derived from_attributes(const Attributes& a) {
+        return Derived(Options{.eps = a.get<double>(Derived::name, "eps"), .affine = a.get<bool>(Derived::name, "affine")});
+    }
+
+    std::string type() const override { return Derived::name; }
+    const Options& options() const { return o_; }
+    Attributes attributes() const override {
+        Attributes a;
+        a.set("eps", o_.eps).set("affine", o_.affine);
+        return a;
+    }
+    std::vector<ParamRole> param_roles() const override {
+        if (o_.affine) return {{"weight"}, {"bias"}};
+        return {};
+    }
+    std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
+        const Shape& x = norm_input(ctx, Derived::name, 4, 4);
+        if (o_.affine) expect_affine(ctx, Derived::name, 0, x[1]);
+        return {x};
+    }
+    Index macs(const ShapeContext& ctx, std::span<const Shape> /*out*/) const override {
+        return (o_.affine ? 2 : 1) * ctx.inputs[0].numel();
+    }
+
+protected:
+    Options o_;
+};
+
+}  // namespace detail::norm
+
 // -- InstanceNorm2d -------------------------------------------------------------
 
 /// Settings of an InstanceNorm2d layer (PyTorch defaults: not affine).
@@ -265,46 +304,18 @@ struct InstanceNormOptions {
 /// Normalises each (image, channel) plane over H, W by its own statistics; weight and
 /// bias [C] if affine. No running statistics (PyTorch's default track_running_stats=False).
 template <class T>
-class InstanceNorm2d : public OpBase<InstanceNorm2d<T>, T> {
+class InstanceNorm2d : public detail::norm::AffineNorm<InstanceNorm2d<T>, T, InstanceNormOptions> {
 public:
-    explicit InstanceNorm2d(const InstanceNormOptions& o) : o_(o) { detail::norm::check_eps(o.eps, "InstanceNorm2d"); }
-    static InstanceNorm2d from_attributes(const Attributes& a) {
-        const std::string op = "InstanceNorm2d";
-        return InstanceNorm2d(InstanceNormOptions{.eps = a.get<double>(op, "eps"), .affine = a.get<bool>(op, "affine")});
-    }
-
-    std::string type() const override { return "InstanceNorm2d"; }
-    const InstanceNormOptions& options() const { return o_; }
-    Attributes attributes() const override {
-        Attributes a;
-        a.set("eps", o_.eps).set("affine", o_.affine);
-        return a;
-    }
-    std::vector<ParamRole> param_roles() const override {
-        if (o_.affine) return {{"weight"}, {"bias"}};
-        return {};
-    }
-
-    std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
-        const Shape& x = detail::norm::norm_input(ctx, "InstanceNorm2d", 4, 4);
-        if (o_.affine) detail::norm::expect_affine(ctx, "InstanceNorm2d", 0, x[1]);
-        return {x};
-    }
-
-    Index macs(const ShapeContext& ctx, std::span<const Shape> /*out*/) const override {
-        return (o_.affine ? 2 : 1) * ctx.inputs[0].numel();
-    }
+    static constexpr const char* name = "InstanceNorm2d";
+    using detail::norm::AffineNorm<InstanceNorm2d<T>, T, InstanceNormOptions>::AffineNorm;
 
     void forward(const ForwardContext<T>& ctx) const override {
         const auto& x = ctx.inputs[0];
         const Index c = x.shape[1];
         detail::norm::normalize_groups(x.data, ctx.outputs[0].data, x.shape[0], c, c, x.shape[2] * x.shape[3],
-                                 o_.affine ? ctx.params[0].data : nullptr, o_.affine ? ctx.params[1].data : nullptr,
-                                 o_.eps);
+                                       this->o_.affine ? ctx.params[0].data : nullptr,
+                                       this->o_.affine ? ctx.params[1].data : nullptr, this->o_.eps);
     }
-
-private:
-    InstanceNormOptions o_;
 };
 
 // -- LayerNorm2d ----------------------------------------------------------------
@@ -319,41 +330,16 @@ struct LayerNormOptions {
 /// then weight and bias [C] if affine — ConvNeXt's LayerNorm2d, i.e. nn.LayerNorm(C)
 /// on NHWC without the permutes.
 template <class T>
-class LayerNorm2d : public OpBase<LayerNorm2d<T>, T> {
+class LayerNorm2d : public detail::norm::AffineNorm<LayerNorm2d<T>, T, LayerNormOptions> {
 public:
-    explicit LayerNorm2d(const LayerNormOptions& o) : o_(o) { detail::norm::check_eps(o.eps, "LayerNorm2d"); }
-    static LayerNorm2d from_attributes(const Attributes& a) {
-        const std::string op = "LayerNorm2d";
-        return LayerNorm2d(LayerNormOptions{.eps = a.get<double>(op, "eps"), .affine = a.get<bool>(op, "affine")});
-    }
-
-    std::string type() const override { return "LayerNorm2d"; }
-    const LayerNormOptions& options() const { return o_; }
-    Attributes attributes() const override {
-        Attributes a;
-        a.set("eps", o_.eps).set("affine", o_.affine);
-        return a;
-    }
-    std::vector<ParamRole> param_roles() const override {
-        if (o_.affine) return {{"weight"}, {"bias"}};
-        return {};
-    }
-
-    std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
-        const Shape& x = detail::norm::norm_input(ctx, "LayerNorm2d", 4, 4);
-        if (o_.affine) detail::norm::expect_affine(ctx, "LayerNorm2d", 0, x[1]);
-        return {x};
-    }
-
-    Index macs(const ShapeContext& ctx, std::span<const Shape> /*out*/) const override {
-        return (o_.affine ? 2 : 1) * ctx.inputs[0].numel();
-    }
+    static constexpr const char* name = "LayerNorm2d";
+    using detail::norm::AffineNorm<LayerNorm2d<T>, T, LayerNormOptions>::AffineNorm;
 
     void forward(const ForwardContext<T>& ctx) const override {
         const auto& x = ctx.inputs[0];
         const Index n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3];
-        const T* w = o_.affine ? ctx.params[0].data : nullptr;
-        const T* b = o_.affine ? ctx.params[1].data : nullptr;
+        const T* w = this->o_.affine ? ctx.params[0].data : nullptr;
+        const T* b = this->o_.affine ? ctx.params[1].data : nullptr;
         T* y = ctx.outputs[0].data;
         if (c == 0 || hw == 0) return;
         // The C values of a pixel are a plane apart, so work on runs of adjacent pixels and sweep
@@ -383,7 +369,7 @@ public:
                 }
                 for (Index p = 0; p < len; ++p) {
                     mean_t[p] = static_cast<T>(mean[p]);
-                    rstd_t[p] = static_cast<T>(1.0 / std::sqrt(acc[p] * inv_c + o_.eps));
+                    rstd_t[p] = static_cast<T>(1.0 / std::sqrt(acc[p] * inv_c + this->o_.eps));
                 }
                 for (Index ch = 0; ch < c; ++ch) {
                     const T* xc = xs + ch * hw;
@@ -397,7 +383,6 @@ public:
 
 private:
     static constexpr Index kRun = 256;  // pixels per task: 4 stack arrays of this size fit in L1
-    LayerNormOptions o_;
 };
 
 inline const bool batch_norm2d_registered = register_op<BatchNorm2d>("BatchNorm2d");
