@@ -143,8 +143,10 @@ TEST_CASE("weight sharing: K unrolled iterations use one parameter set", "[graph
         auto p = bad.param_scope("prior");
         u = nn::conv2d(u, "conv", {.out_channels = 2, .padding = 1});
     }
+    auto s = bad.scope("iter1");
     auto p = bad.param_scope("prior");
-    CHECK_THROWS_AS(nn::conv2d(u, "conv", {.out_channels = 3, .padding = 1}), ShapeError);
+    CHECK_THROWS_WITH(nn::conv2d(u, "conv", {.out_channels = 3, .padding = 1}),
+                      Catch::Contains("prior.conv.weight") && Catch::Contains("[2, 2, 3, 3]"));
 }
 
 TEST_CASE("a node can take a caller-viewed parameter", "[graph]") {
@@ -206,4 +208,31 @@ TEST_CASE("FixedPoint iterates its subgraph to the analytic fixed point", "[grap
     Graph<double> g3 = g2;
     Executor<double> ex3(g3);
     CHECK(test::max_rel_err(ex3.forward({z1.ref(), x0.ref()})[0], out2[0]) == 0.0);
+}
+
+TEST_CASE("a rejected node leaves the graph as it was", "[graph]") {
+    GraphBuilder<float> b;
+    auto x = b.input("x", {1, 3, 4, 4});
+    const auto params = b.graph().num_parameters();
+    const auto values = b.graph().values().size();
+    // a 7x7 kernel does not fit a 4x4 image: no parameter and no value may be left behind
+    CHECK_THROWS_AS(nn::conv2d(x, "big", {.out_channels = 2, .kernel = 7}), ShapeError);
+    CHECK(b.graph().num_parameters() == params);
+    CHECK(b.graph().values().size() == values);
+    CHECK_NOTHROW(nn::conv2d(x, "big", {.out_channels = 2, .kernel = 3}));  // the name is still free
+    CHECK(b.graph().parameter("big.weight").shape() == Shape{2, 3, 3, 3});
+}
+
+TEST_CASE("profiling follows a graph that grew after it was switched on", "[graph][exec]") {
+    GraphBuilder<float> b;
+    auto x = b.input("x", {1, 2, 5, 5});
+    auto y = nn::conv2d(x, "a", {.out_channels = 2, .padding = 1});
+    b.output(y);
+    auto& g = b.graph();
+    Executor<float> ex(g);
+    ex.set_profiling(true);
+    ex.forward(test::random_tensor<float>({1, 2, 5, 5}, 3));
+    nn::conv2d(y, "b", {.out_channels = 2, .padding = 1});  // one more node, plan goes stale
+    ex.forward(test::random_tensor<float>({1, 2, 5, 5}, 4));
+    CHECK(ex.node_seconds().size() == g.nodes().size());
 }

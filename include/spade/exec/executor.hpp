@@ -145,10 +145,14 @@ public:
             for (ValueId v : n.inputs) release(v);
             for (ValueId v : n.outputs) release(v);
         }
+        // allocate first, commit after: a failed allocation leaves no plan that claims buffers it lacks
+        std::vector<std::vector<T>> buffers(p.buffer_elements.size());
+        for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].resize(static_cast<std::size_t>(p.buffer_elements[b]));
+        std::vector<T> workspace(static_cast<std::size_t>(p.workspace_elements));
+        buffers_ = std::move(buffers);
+        workspace_ = std::move(workspace);
         plan_ = std::move(p);
-        buffers_.resize(plan_.buffer_elements.size());
-        for (std::size_t b = 0; b < buffers_.size(); ++b) buffers_[b].resize(static_cast<std::size_t>(plan_.buffer_elements[b]));
-        workspace_.resize(static_cast<std::size_t>(plan_.workspace_elements));
+        if (profiling_) node_seconds_.resize(g.nodes().size(), 0.0);  // the graph may have grown
     }
 
 private:

@@ -100,14 +100,22 @@ public:
         if (roles.size() != params.size())
             fail<GraphError>("node '", name, "' (", op->type(), "): ", roles.size(), " parameter role(s) but ", params.size(),
                              " spec(s)");
+        // check the node before creating its parameters, so a rejected node leaves none behind
+        if (graph_.has_node(name)) fail<GraphError>("duplicate node name '", name, "'");
+        {
+            std::vector<Shape> in, ps;
+            for (const auto& v : inputs) {
+                if (v.builder != this) fail<GraphError>("node '", name, "': input comes from another builder");
+                in.push_back(v.shape());
+            }
+            for (const auto& spec : params) ps.push_back(spec.shape);
+            op->infer_shapes(ShapeContext{name, in, ps});
+        }
         std::vector<ParamId> pids;
         for (std::size_t i = 0; i < roles.size(); ++i)
             pids.push_back(parameter(join(join(param_prefix(), local), roles[i].name), params[i], roles[i].learnable));
         std::vector<ValueId> in;
-        for (const auto& v : inputs) {
-            if (v.builder != this) fail<GraphError>("node '", name, "': input comes from another builder");
-            in.push_back(v.id);
-        }
+        for (const auto& v : inputs) in.push_back(v.id);
         NodeId id = graph_.add_node(name, std::move(op), std::move(in), std::move(pids));
         std::vector<Var<T>> out;
         for (ValueId v : graph_.node(id).outputs) out.push_back({this, v});

@@ -95,6 +95,9 @@ public:
         for (ValueId v : inputs) in.push_back(values_[v].shape);
         for (ParamId p : params) ps.push_back(params_[p]->shape());
         std::vector<Shape> out = op->infer_shapes(ShapeContext{name, in, ps});
+        for (std::size_t k = 0; k < out.size(); ++k)  // check every name before adding anything
+            if (value_ids_.count(out.size() == 1 ? name : name + ":" + std::to_string(k)))
+                fail<GraphError>("node '", name, "': an output value named like it already exists");
         NodeId id = static_cast<NodeId>(nodes_.size());
         Node<T> node{name, std::move(op), std::move(inputs), {}, std::move(params)};
         for (std::size_t k = 0; k < out.size(); ++k) {

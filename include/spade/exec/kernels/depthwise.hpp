@@ -33,12 +33,12 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
                     for (Index oh = 0; oh < g.out_h; ++oh) {
                         const Index ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
                         if (ih < 0 || ih >= g.in_h) continue;
-                        const T* s = src + ih * g.in_w + off_w;
+                        const T* s = src + ih * g.in_w;  // input column of ow is ow * stride_w + off_w
                         T* d = dst + oh * g.out_w;
                         if (g.stride_w == 1)
-                            for (Index ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow];
+                            for (Index ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow + off_w];
                         else
-                            for (Index ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow * g.stride_w];
+                            for (Index ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow * g.stride_w + off_w];
                     }
                 }
             }

@@ -50,12 +50,13 @@ void im2col(const T* im, Index channels, const ConvGeometry& g, T* col, Index p_
                 if (ih < 0 || ih >= g.in_h) {
                     std::fill(d + a, d + e, T(0));
                 } else {
-                    const T* s = src + ih * g.in_w + off_w;
+                    const T* s = src + ih * g.in_w;  // input column of ow is ow * stride_w + off_w
                     const Index lo = std::clamp(ow_lo, a, e), hi = std::clamp(ow_hi, lo, e);
                     std::fill(d + a, d + lo, T(0));
-                    if (g.stride_w == 1) std::memcpy(d + lo, s + lo, sizeof(T) * static_cast<std::size_t>(hi - lo));
+                    if (g.stride_w == 1)
+                        std::memcpy(d + lo, s + (lo + off_w), sizeof(T) * static_cast<std::size_t>(hi - lo));
                     else
-                        for (Index ow = lo; ow < hi; ++ow) d[ow] = s[ow * g.stride_w];
+                        for (Index ow = lo; ow < hi; ++ow) d[ow] = s[ow * g.stride_w + off_w];
                     std::fill(d + hi, d + e, T(0));
                 }
                 p = row_start + e;

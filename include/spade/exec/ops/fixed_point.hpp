@@ -80,7 +80,7 @@ public:
                 const double d = static_cast<double>(next[i]) - static_cast<double>(z_[i]);
                 diff += d * d, norm += static_cast<double>(next[i]) * static_cast<double>(next[i]);
             }
-            std::copy(next, next + n, z_.begin());
+            if (next != z_.data()) std::copy(next, next + n, z_.begin());  // an identity body returns z itself
             ++iterations_;
             if (o_.tol > 0 && std::sqrt(diff) <= o_.tol * std::sqrt(norm)) break;
         }
