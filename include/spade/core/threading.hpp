@@ -48,4 +48,18 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
     for (long i = 0; i < n; ++i) body(i);
 }
 
+/// Runs `body(i)` for i in [0, n) with items handed out one at a time, for a few
+/// items of very different cost (whole tensors); put the largest first.
+template <class F>
+void parallel_for_dynamic(long n, F&& body) {
+#if defined(_OPENMP)
+    if (n > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (long i = 0; i < n; ++i) body(i);
+        return;
+    }
+#endif
+    for (long i = 0; i < n; ++i) body(i);
+}
+
 }  // namespace spade

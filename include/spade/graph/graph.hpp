@@ -151,6 +151,13 @@ public:
     /// Marks the graph as changed (call after rewriting parameter shapes in place).
     void touch() { ++version_; }
 
+    // -- rewriting (channel surgery) -----------------------------------------
+
+    /// Mutable node access, for algorithms that rewrite ops in place.
+    Node<T>& mutable_node(NodeId id) { return nodes_.at(static_cast<std::size_t>(id)); }
+    /// Sets the example shape of a value (after surgery changed its channels).
+    void set_value_shape(ValueId id, Shape shape) noexcept { values_[static_cast<std::size_t>(id)].shape = std::move(shape); }
+
     /// Re-infers every value's example shape from the inputs' example shapes.
     void reinfer_shapes() {
         for (std::size_t i = 0; i < nodes_.size(); ++i) {

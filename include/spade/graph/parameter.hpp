@@ -33,7 +33,13 @@ public:
 
     Parameter(const Parameter& o)
         : name_(o.name_), shape_(o.shape_), learnable_(o.learnable_), owned_(o.data_, o.data_ + o.shape_.numel()),
-          data_(owned_.data()) {}  // a copy always owns: the caller's buffer belongs to the original
+          data_(owned_.data()) {  // a copy always owns: the caller's buffer belongs to the original
+        for (const auto& s : o.states_) {
+            State c{s.name, std::vector<T>(s.data, s.data + numel()), nullptr};
+            c.data = c.owned.data();
+            states_.push_back(std::move(c));
+        }
+    }
     Parameter(Parameter&& o) noexcept = default;
     Parameter& operator=(Parameter o) noexcept {
         swap(o);
@@ -41,7 +47,7 @@ public:
     }
     void swap(Parameter& o) noexcept {
         std::swap(name_, o.name_), std::swap(shape_, o.shape_), std::swap(learnable_, o.learnable_);
-        std::swap(owned_, o.owned_), std::swap(data_, o.data_);
+        std::swap(owned_, o.owned_), std::swap(data_, o.data_), std::swap(states_, o.states_);
     }
 
     const std::string& name() const { return name_; }
@@ -67,12 +73,61 @@ public:
         shape_ = std::move(shape);
     }
 
+    // -- state that follows the parameter --------------------------------------
+    // Per-element buffers laid out like the parameter (its gradient, optimizer
+    // moments, a Hessian diagonal): channel surgery rewrites them with it.
+
+    /// Adds a zero-filled state owned by the parameter and returns it; throws if `name` exists.
+    T* add_state(const std::string& name) {
+        check_new_state(name);
+        State s{name, std::vector<T>(static_cast<std::size_t>(numel())), nullptr};
+        s.data = s.owned.data();
+        states_.push_back(std::move(s));
+        return states_.back().data;
+    }
+    /// Registers a caller-owned buffer of `numel()` elements as state `name`; it must outlive the parameter.
+    void attach_state(const std::string& name, T* data) {
+        if (data == nullptr && numel() > 0) fail<ShapeError>("parameter '", name_, "': null buffer for state '", name, "'");
+        check_new_state(name);
+        states_.push_back({name, {}, data});
+    }
+    /// The state called `name`, or nullptr.
+    T* state(const std::string& name) {
+        for (auto& s : states_)
+            if (s.name == name) return s.data;
+        return nullptr;
+    }
+    const T* state(const std::string& name) const { return const_cast<Parameter*>(this)->state(name); }
+    /// Names of the states, in the order they were added.
+    std::vector<std::string> state_names() const {
+        std::vector<std::string> n;
+        for (const auto& s : states_) n.push_back(s.name);
+        return n;
+    }
+    /// Calls f(T*) on the buffer and every state buffer (what surgery rewrites).
+    template <class F>
+    void for_each_buffer(F&& f) {
+        f(data_);
+        for (auto& s : states_) f(s.data);
+    }
+
 private:
+    struct State {
+        std::string name;
+        std::vector<T> owned;
+        T* data = nullptr;
+    };
+    void check_new_state(const std::string& name) const {
+        for (const auto& s : states_)
+            if (s.name == name) fail<GraphError>("parameter '", name_, "': state '", name, "' already exists");
+    }
+
     std::string name_;
     Shape shape_;
     bool learnable_ = true;
     std::vector<T> owned_;
     T* data_ = nullptr;
+    std::vector<State> states_;
 };
 
 }  // namespace spade

@@ -46,12 +46,15 @@ struct ModelCount {
     }
 };
 
-/// Learnable parameter count; a parameter shared by several nodes counts once.
+/// Learnable parameter count, subgraphs' (FixedPoint bodies) included; a parameter
+/// shared by several nodes counts once.
 template <Scalar T>
 Index count_params(const Graph<T>& g) {
     Index n = 0;
     for (std::size_t i = 0; i < g.num_parameters(); ++i)
         if (g.parameter(static_cast<ParamId>(i)).learnable()) n += g.parameter(static_cast<ParamId>(i)).numel();
+    for (const auto& node : g.nodes())
+        for (const Graph<T>* sub : node.op->subgraphs()) n += count_params(*sub);
     return n;
 }
 

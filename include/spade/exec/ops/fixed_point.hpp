@@ -42,6 +42,17 @@ public:
     std::string type() const override { return "FixedPoint"; }
     Attributes attributes() const override { return Attributes{}.set("max_iter", o_.max_iter).set("tol", o_.tol); }
     std::vector<const Graph<T>*> subgraphs() const override { return {&body_}; }
+    std::vector<Graph<T>*> mutable_subgraphs() override {
+        exec_.reset();  // the body is about to change
+        return {&body_};
+    }
+    /// z0, z and the output are one space; extra input k is body input k.
+    void channel_rule(ChannelRules& r) const override {
+        r.same(ChannelAxis::input(0), ChannelAxis::output(0));
+        r.same(ChannelAxis::output(0), ChannelAxis::sub_output(0, 0));
+        for (int k = 0; k < static_cast<int>(r.inputs().size()); ++k)
+            r.same(ChannelAxis::input(k), ChannelAxis::sub_input(0, k));
+    }
     std::unique_ptr<Op<T>> clone() const override { return std::make_unique<FixedPoint>(*this); }
     /// The iterated subgraph.
     const Graph<T>& body() const { return body_; }

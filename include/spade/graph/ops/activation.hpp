@@ -122,6 +122,8 @@ public:
         else return {};
     }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs(Fn::type, 1);
         return {ctx.inputs[0]};
@@ -195,6 +197,8 @@ public:
     bool per_channel() const { return per_channel_; }
     Attributes attributes() const override { return Attributes{}.set("per_channel", per_channel_); }
     std::vector<ParamRole> param_roles() const override { return {{"weight"}}; }
+
+    void channel_rule(ChannelRules& r) const override { r.per_channel(per_channel_); }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("PReLU", 1);

@@ -59,6 +59,15 @@ public:
 
     std::string type() const override { return "Concat"; }
 
+    /// Input i is the part of the output at its channel offset.
+    void channel_rule(ChannelRules& r) const override {
+        Index off = 0;
+        for (int i = 0; i < static_cast<int>(r.inputs().size()); ++i) {
+            r.offset(ChannelAxis::input(i), ChannelAxis::output(0), off);
+            off += r.inputs()[i][1];
+        }
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         if (ctx.inputs.empty()) fail<ShapeError>("node '", ctx.node, "' (Concat): expects at least one input");
         detail::expect_channels(ctx, "Concat", 0);
@@ -105,6 +114,21 @@ public:
         Attributes a;
         a.set("sizes", std::vector<std::int64_t>(sizes_.begin(), sizes_.end()));
         return a;
+    }
+
+    /// Output k is the part of the input at its channel offset.
+    void channel_rule(ChannelRules& r) const override {
+        Index off = 0;
+        for (int k = 0; k < static_cast<int>(r.outputs().size()); ++k) {
+            r.offset(ChannelAxis::output(k), ChannelAxis::input(0), off);
+            off += r.outputs()[k][1];
+        }
+    }
+    /// Each part keeps what surgery left of it.
+    std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        std::vector<Index> sizes;
+        for (const auto& s : c.outputs) sizes.push_back(s[1]);
+        return std::make_unique<Split>(std::move(sizes));
     }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
@@ -162,6 +186,17 @@ public:
         return a;
     }
 
+    /// The output is the part of the input at `start`.
+    void channel_rule(ChannelRules& r) const override {
+        r.offset(ChannelAxis::output(0), ChannelAxis::input(0), start_);
+    }
+    /// The bounds move down by the channels removed below them.
+    std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        const auto& gone = c.removed_inputs[0];
+        auto below = [&](Index i) { return static_cast<Index>(std::lower_bound(gone.begin(), gone.end(), i) - gone.begin()); };
+        return std::make_unique<Slice>(start_ - below(start_), end_ - below(end_));
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Slice", 1);
         detail::expect_channels(ctx, "Slice", 0);
@@ -191,6 +226,11 @@ public:
     static Flatten from_attributes(const Attributes&) { return Flatten(); }
 
     std::string type() const override { return "Flatten"; }
+
+    /// Channel c becomes features [c s, (c+1) s) with s the elements behind one channel.
+    void channel_rule(ChannelRules& r) const override {
+        r.blocks(ChannelAxis::input(0), ChannelAxis::output(0), detail::channel_stride(r.inputs()[0]));
+    }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Flatten", 1);

@@ -53,6 +53,35 @@ public:
         return {{"weight"}};
     }
 
+    /// Output channels are the weight's rows (and the bias). A plain conv consumes its
+    /// input through the weight's columns. A depthwise conv (one input channel per
+    /// conv group) maps input channel c to its `multiplier` output channels, so input
+    /// and output are one space. Any other grouped conv consumes its input through
+    /// per-group columns and loses channels evenly in each conv group.
+    void channel_rule(ChannelRules& r) const override {
+        const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0);
+        r.same(out, ChannelAxis::param(0, 0, "out"));
+        if (o_.bias) r.same(out, ChannelAxis::param(1, 0));
+        const Index cin = r.inputs()[0][1];
+        if (o_.groups == 1) {
+            r.same(in, ChannelAxis::param(0, 1, "in"));
+        } else if (depthwise(cin, r.params()[0]) && o_.groups == cin) {
+            r.blocks(in, out, r.params()[0][0] / cin);
+        } else {
+            r.same(in, ChannelAxis::grouped_param(0, 1, o_.groups, "in"));
+            r.even(in, o_.groups);
+            r.even(out, o_.groups);
+        }
+    }
+    /// A depthwise conv keeps one conv group per input channel.
+    std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        const Index cin_old = c.inputs[0][1] + static_cast<Index>(c.removed_inputs[0].size());
+        if (o_.groups == 1 || !(o_.groups == cin_old && c.params[0][1] == 1)) return nullptr;
+        auto o = o_;
+        o.groups = c.inputs[0][1];
+        return std::make_unique<Conv2d>(o);
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Conv2d", 1);
         ctx.expect_rank("Conv2d", 0, 4);

@@ -71,6 +71,34 @@ public:
         return {{"weight"}};
     }
 
+    /// The weight [C_in, C_out/groups, kh, kw] has the conv's axes swapped: its rows
+    /// consume the input and its columns (per conv group) make the output. With one
+    /// input channel per conv group, input channel c owns its output channels, so
+    /// input and output are one space; other grouped layers lose channels evenly.
+    void channel_rule(ChannelRules& r) const override {
+        const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0);
+        const Index cin = r.inputs()[0][1], cout_g = r.params()[0][1];
+        if (o_.groups == 1) {
+            r.same(out, ChannelAxis::param(0, 1, "out"));
+        } else if (o_.groups == cin) {
+            r.blocks(in, out, cout_g);
+        } else {
+            r.same(out, ChannelAxis::grouped_param(0, 1, o_.groups, "out"));
+            r.even(in, o_.groups);
+            r.even(out, o_.groups);
+        }
+        if (o_.bias) r.same(out, ChannelAxis::param(1, 0));
+        r.same(in, ChannelAxis::param(0, 0, "in"));
+    }
+    /// A depthwise layer keeps one conv group per input channel.
+    std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        const Index cin_old = c.inputs[0][1] + static_cast<Index>(c.removed_inputs[0].size());
+        if (o_.groups == 1 || o_.groups != cin_old) return nullptr;
+        auto o = o_;
+        o.groups = c.inputs[0][1];
+        return std::make_unique<ConvTranspose2d>(o);
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("ConvTranspose2d", 1);
         ctx.expect_rank("ConvTranspose2d", 0, 4);

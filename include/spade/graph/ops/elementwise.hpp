@@ -79,6 +79,20 @@ public:
 
     std::string type() const override { return Fn::type; }
 
+    /// Operands with the output's channels share its space (residual connections,
+    /// [N, C, 1, 1] gates); a single element broadcast over channels keeps its one channel.
+    void channel_rule(ChannelRules& r) const override {
+        const Shape& y = r.outputs()[0];
+        for (int i = 0; i < 2; ++i) {
+            const Shape& x = r.inputs()[i];
+            if (x.rank() < 2 || y.rank() < 2) continue;
+            if (x[1] == y[1])
+                r.same(ChannelAxis::input(i), ChannelAxis::output(0));
+            else
+                r.fixed(ChannelAxis::input(i), "it is broadcast across the channels of " + std::string(r.node()));
+        }
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs(Fn::type, 2);
         return {elementwise_broadcast(ctx.inputs[0], ctx.inputs[1], ctx.node, Fn::type).second};

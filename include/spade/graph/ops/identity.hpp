@@ -16,6 +16,8 @@ public:
     static Identity from_attributes(const Attributes&) { return {}; }
 
     std::string type() const override { return "Identity"; }
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Identity", 1);
         return {ctx.inputs[0]};
@@ -41,6 +43,8 @@ public:
     /// Probability of zeroing an element while training.
     double p() const { return p_; }
     Attributes attributes() const override { return Attributes{}.set("p", p_); }
+
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Dropout", 1);

@@ -34,6 +34,13 @@ public:
         return {{"weight"}};
     }
 
+    /// Weight rows (and bias) make the output features, weight columns consume the input.
+    void channel_rule(ChannelRules& r) const override {
+        r.same(ChannelAxis::output(0), ChannelAxis::param(0, 0, "out"));
+        if (r.params().size() > 1) r.same(ChannelAxis::output(0), ChannelAxis::param(1, 0));
+        r.same(ChannelAxis::input(0), ChannelAxis::param(0, 1, "in"));
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Linear", 1);
         const Shape& x = ctx.inputs[0];

@@ -154,6 +154,8 @@ public:
         return r;
     }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(true); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         const Shape& x = detail::norm::norm_input(ctx, "BatchNorm2d", 4, 4);
         const std::size_t s = stats_index();
@@ -229,6 +231,24 @@ public:
         return {};
     }
 
+    /// Per channel, and a norm group leaves whole (its statistics mix its channels).
+    void channel_rule(ChannelRules& r) const override {
+        r.per_channel(true);
+        const Index per_group = r.inputs()[0][1] / o_.num_groups;
+        if (per_group > 1) r.tie(ChannelAxis::input(0), per_group);
+    }
+    /// Keeps the channels per group: whole groups leave.
+    std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        const Index before = c.inputs[0][1] + static_cast<Index>(c.removed_inputs[0].size());
+        const Index per_group = before / o_.num_groups;
+        if (c.inputs[0][1] % per_group != 0)
+            fail<PruneError>("node '", c.node, "' (GroupNorm): ", c.inputs[0][1], " channels left are not whole groups of ",
+                             per_group);
+        auto o = o_;
+        o.num_groups = c.inputs[0][1] / per_group;
+        return std::make_unique<GroupNorm>(o);
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         const Shape& x = detail::norm::norm_input(ctx, "GroupNorm", 2, 64);
         if (x[1] % o_.num_groups != 0)
@@ -278,6 +298,10 @@ public:
         if (o_.affine) return {{"weight"}, {"bias"}};
         return {};
     }
+    /// Per channel. (LayerNorm2d's statistics mix all channels of a pixel: removing one
+    /// changes the others' normalisation even if it was zero.)
+    void channel_rule(ChannelRules& r) const override { r.per_channel(true); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         const Shape& x = norm_input(ctx, Derived::name, 4, 4);
         if (o_.affine) expect_affine(ctx, Derived::name, 0, x[1]);

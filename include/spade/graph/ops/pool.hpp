@@ -79,6 +79,8 @@ public:
         return a;
     }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         auto g = detail::pool_geometry(o_, ctx, "MaxPool2d");
         const Shape& x = ctx.inputs[0];
@@ -121,6 +123,8 @@ public:
         return a;
     }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         if (o_.dilation != Pair2(1))
             fail<ShapeError>("node '", ctx.node, "' (AvgPool2d): dilation must be 1, got ", o_.dilation.h, "x",
@@ -159,6 +163,8 @@ public:
         a.set("output_size", out_.vec());
         return a;
     }
+
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("AdaptiveAvgPool2d", 1);

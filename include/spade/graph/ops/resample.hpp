@@ -59,6 +59,8 @@ public:
         return a;
     }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Upsample", 1);
         ctx.expect_rank("Upsample", 0, 4);
@@ -225,6 +227,11 @@ public:
         return a;
     }
 
+    /// Output channel c is made of input channels [c r^2, (c+1) r^2).
+    void channel_rule(ChannelRules& r) const override {
+        r.blocks(ChannelAxis::output(0), ChannelAxis::input(0), r_ * r_);
+    }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("PixelShuffle", 1);
         ctx.expect_rank("PixelShuffle", 0, 4);
@@ -276,6 +283,11 @@ public:
         Attributes a;
         a.set("downscale_factor", r_);
         return a;
+    }
+
+    /// Input channel c becomes output channels [c r^2, (c+1) r^2).
+    void channel_rule(ChannelRules& r) const override {
+        r.blocks(ChannelAxis::input(0), ChannelAxis::output(0), r_ * r_);
     }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {

@@ -31,6 +31,8 @@ public:
     Attributes attributes() const override { return Attributes{}.set("per_channel", per_channel_); }
     std::vector<ParamRole> param_roles() const override { return {{"weight"}}; }
 
+    void channel_rule(ChannelRules& r) const override { r.per_channel(per_channel_); }
+
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
         ctx.expect_inputs("Scale", 1);
         const Shape& x = ctx.inputs[0];
