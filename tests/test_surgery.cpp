@@ -238,3 +238,24 @@ TEST_CASE("pruning history saves, loads and replays to the same weights bit for 
     CHECK_THROWS_WITH(PruningHistory::load(path), Catch::Contains("is not valid JSON"));
     std::filesystem::remove(path);
 }
+
+TEST_CASE("surgery refuses a group traced on another graph; a state may not alias its weights", "[surgery]") {
+    auto make = [](Index n) {
+        GraphBuilder<double> b(1);
+        auto x = b.input("x", {1, 2, 4, 4});
+        b.output(nn::conv2d(nn::conv2d(x, "c1", {.out_channels = n, .kernel = 1}), "c2", {.out_channels = 3, .kernel = 1}));
+        return std::move(b).build();
+    };
+    auto narrow = make(4), wide = make(6);
+    REQUIRE(narrow.version() == wide.version());
+    const auto groups = trace_groups(narrow);
+    const Snapshot<double> before(wide);
+    CHECK_THROWS_WITH(remove_channels(wide, group_of(groups, "c1.weight", 0), {0}),
+                      Catch::Contains("'c1.weight' (4 channels) does not match the graph"));
+    CHECK(Snapshot<double>(wide) == before);
+    auto& w = wide.parameter("c1.weight");
+    CHECK_THROWS_WITH(w.attach_state("grad", w.data() + 1), Catch::Contains("overlaps the parameter"));
+    std::vector<double> grad(static_cast<std::size_t>(w.numel()));
+    w.attach_state("grad", grad.data());
+    CHECK_THROWS_WITH(w.attach_state("grad", grad.data()), Catch::Contains("already exists"));
+}

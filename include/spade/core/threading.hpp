@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <exception>
 #include <thread>
 
 #include <Eigen/Core>
@@ -49,13 +50,23 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 }
 
 /// Runs `body(i)` for i in [0, n) with items handed out one at a time, for a few
-/// items of very different cost (whole tensors); put the largest first.
+/// items of very different cost (whole tensors); put the largest first. An
+/// exception thrown by `body` is rethrown on the calling thread (the first one).
 template <class F>
 void parallel_for_dynamic(long n, F&& body) {
 #if defined(_OPENMP)
     if (n > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+        std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1)
-        for (long i = 0; i < n; ++i) body(i);
+        for (long i = 0; i < n; ++i) {
+            try {
+                body(i);
+            } catch (...) {
+#pragma omp critical(spade_parallel_error)
+                if (!error) error = std::current_exception();
+            }
+        }
+        if (error) std::rethrow_exception(error);
         return;
     }
 #endif

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <tuple>
 #include <string>
@@ -190,21 +191,30 @@ private:
     int space(int graph, Kind kind, int id, int axis, Index groups, Index extent, std::string name, const char* label) {
         const auto k = key(graph, kind, id, axis);
         auto it = index_.find(k);
+        bool fresh_key = true;
         if (it != index_.end()) {
             Space& s = spaces_[it->second];
-            if (s.groups != groups)
-                pin(it->second, "parameter '" + s.name + "' is used with " + std::to_string(s.groups) + " and " +
-                                    std::to_string(groups) + " conv groups");
-            if (s.label.empty() && label) s.label = label;
-            return it->second;
+            if (s.groups == groups) {
+                if (s.label.empty() && label) s.label = label;
+                return it->second;
+            }
+            // the same weight read with other conv groups: both readings stay whole
+            const std::string why = "parameter '" + s.name + "' is used with " + std::to_string(s.groups) + " and " +
+                                    std::to_string(groups) + " conv groups";
+            pin(it->second, why);
+            fresh_key = false;
+            pending_pin_ = why;
         }
         const int sid = static_cast<int>(spaces_.size());
         const Index size = extent * groups;
+        if (static_cast<Index>(parent_.size()) + size > Index(std::numeric_limits<int>::max()))
+            fail<GraphError>("trace_groups: more than 2^31 channel elements");
         spaces_.push_back({graph, kind, id, axis, groups, size, static_cast<Index>(parent_.size()), std::move(name),
                            label ? label : "", ""});
         parent_.resize(parent_.size() + static_cast<std::size_t>(size));
         std::iota(parent_.end() - size, parent_.end(), static_cast<int>(spaces_[sid].base));
-        index_[k] = sid;
+        if (fresh_key) index_[k] = sid;
+        else pin(sid, pending_pin_);
         return sid;
     }
     int value_space(int gi, ValueId v) {
@@ -229,7 +239,7 @@ private:
 
     // Resolves an axis a rule names to a space, or -1 for a value without a channel axis.
     int resolve(int gi, NodeId ni, const ChannelAxis& a, std::vector<char>& in_seen, std::vector<char>& out_seen,
-                std::vector<char>& sub_seen) {
+                std::unordered_set<std::uint64_t>& sub_seen) {
         const Graph<T>& g = *graphs_[gi].graph;
         const auto& n = g.node(ni);
         auto bad = [&](const char* what, int i, std::size_t count) {
@@ -250,10 +260,11 @@ private:
                 if (a.index < 0 || a.index >= static_cast<int>(n.params.size())) bad("parameter", a.index, n.params.size());
                 const ParamId p = n.params[static_cast<std::size_t>(a.index)];
                 const auto& par = g.parameter(p);
-                if (a.axis < 0 || a.axis >= par.shape().rank() || a.groups < 1)
+                if (a.axis < 0 || a.axis >= par.shape().rank() || a.groups < 1 ||
+                    (a.groups > 1 && (a.axis != 1 || par.shape()[0] % a.groups != 0)))
                     fail<GraphError>("node '", graphs_[gi].prefix, n.name, "' (", n.op->type(), "): channel rule names axis ",
                                      a.axis, " (", a.groups, " groups) of parameter '", par.name(), "' of shape ",
-                                     par.shape());
+                                     par.shape(), "; a grouped axis must be axis 1 with axis 0 divisible by the groups");
                 mentioned_params_.insert(key(gi, Kind::param, p, a.axis));
                 return space(gi, Kind::param, p, a.axis, a.groups, par.shape()[a.axis], graphs_[gi].prefix + par.name(),
                              a.label);
@@ -267,8 +278,8 @@ private:
                 const auto& vals = in ? subs[a.sub]->inputs() : subs[a.sub]->outputs();
                 if (a.index < 0 || a.index >= static_cast<int>(vals.size()))
                     bad(in ? "subgraph input" : "subgraph output", a.index, vals.size());
-                sub_seen[static_cast<std::size_t>(sg)] = 1;
                 const ValueId v = vals[static_cast<std::size_t>(a.index)];
+                sub_seen.insert(key(sg, Kind::value, v, 1));
                 return subs[a.sub]->value(v).shape.rank() >= 2 ? value_space(sg, v) : -1;
             }
         }
@@ -288,7 +299,8 @@ private:
             ps = g.param_shapes(static_cast<NodeId>(ni));
             ChannelRules rules(n.name, in, out, ps);
             n.op->channel_rule(rules);
-            std::vector<char> in_seen(in.size()), out_seen(out.size()), sub_seen(graphs_.size());
+            std::vector<char> in_seen(in.size()), out_seen(out.size());
+            std::unordered_set<std::uint64_t> sub_seen;
             for (const auto& l : rules.links()) {
                 const int a = resolve(gi, static_cast<NodeId>(ni), l.a, in_seen, out_seen, sub_seen);
                 const int b = resolve(gi, static_cast<NodeId>(ni), l.b, in_seen, out_seen, sub_seen);
@@ -326,9 +338,10 @@ private:
             const auto subs = n.op->subgraphs();
             for (std::size_t k = 0; k < subs.size(); ++k) {
                 const int sg = first_sub_[gi][ni] + static_cast<int>(k);
-                if (sub_seen[static_cast<std::size_t>(sg)]) continue;
-                for (ValueId v : subs[k]->inputs()) pin_value(sg, v, where + " has no channel rule for its subgraph");
-                for (ValueId v : subs[k]->outputs()) pin_value(sg, v, where + " has no channel rule for its subgraph");
+                for (const auto* vals : {&subs[k]->inputs(), &subs[k]->outputs()})
+                    for (ValueId v : *vals)
+                        if (!sub_seen.count(key(sg, Kind::value, v, 1)))
+                            pin_value(sg, v, where + " has no channel rule for this input/output of its subgraph");
             }
         }
     }
@@ -426,6 +439,7 @@ private:
     std::unordered_set<std::string> ignore_;
     std::unordered_set<std::uint64_t> mentioned_params_;
     std::vector<std::pair<std::uint64_t, std::string>> param_marks_;
+    std::string pending_pin_;
 };
 
 }  // namespace detail::trace

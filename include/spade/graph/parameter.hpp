@@ -89,6 +89,12 @@ public:
     void attach_state(const std::string& name, T* data) {
         if (data == nullptr && numel() > 0) fail<ShapeError>("parameter '", name_, "': null buffer for state '", name, "'");
         check_new_state(name);
+        auto overlaps = [&](const T* other) { return numel() > 0 && data < other + numel() && other < data + numel(); };
+        bool alias = overlaps(data_);
+        for (const auto& s : states_) alias = alias || overlaps(s.data);
+        if (alias)
+            fail<GraphError>("parameter '", name_, "': the buffer of state '", name,
+                             "' overlaps the parameter or another state; surgery would rewrite it twice");
         states_.push_back({name, {}, data});
     }
     /// The state called `name`, or nullptr.

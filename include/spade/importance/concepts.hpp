@@ -49,7 +49,8 @@ concept Reduction = requires(const R& r, std::span<const double> s) {
 };
 
 /// A normalizer rescales one group's unit scores in place:
-/// `void operator()(std::span<double> scores) const`.
+/// `void operator()(std::span<double> scores) const`. The built-in ones expect
+/// non-negative scores (magnitudes); they never reverse the ranking within a group.
 template <class N>
 concept Normalizer = requires(const N& n, std::span<double> s) { n(s); };
 

@@ -28,19 +28,23 @@ struct GroupImportance {
     template <Scalar T>
     std::vector<double> scores(const Graph<T>& g, const Group& grp) {
         static_assert(Criterion<C, T>, "GroupImportance: C must satisfy spade::Criterion");
-        std::vector<std::vector<double>> per_unit(static_cast<std::size_t>(grp.units));
+        std::vector<std::vector<double>> per_member;
         for (const auto& m : grp.members) {
             std::vector<double> s = criterion.member_scores(g, grp, m);
             if (s.empty()) continue;
             if (static_cast<Index>(s.size()) != grp.units)
                 fail<PruneError>("criterion gave ", s.size(), " scores for member '", m.name, "' of group ", grp.id,
                                  ", which has ", grp.units, " units");
-            for (std::size_t u = 0; u < s.size(); ++u)
-                if (!std::isnan(s[u])) per_unit[u].push_back(s[u]);
+            per_member.push_back(std::move(s));
         }
-        std::vector<double> out(per_unit.size(), 0.0);
-        for (std::size_t u = 0; u < out.size(); ++u)
-            if (!per_unit[u].empty()) out[u] = reduce(std::span<const double>(per_unit[u]));
+        std::vector<double> out(static_cast<std::size_t>(grp.units), 0.0), unit;
+        unit.reserve(per_member.size());
+        for (std::size_t u = 0; u < out.size(); ++u) {
+            unit.clear();
+            for (const auto& s : per_member)
+                if (!std::isnan(s[u])) unit.push_back(s[u]);
+            if (!unit.empty()) out[u] = reduce(std::span<const double>(unit));
+        }
         normalize(std::span<double>(out));
         return out;
     }

@@ -122,7 +122,8 @@ public:
 
     template <Scalar T>
     std::vector<double> member_scores(const Graph<T>& g, const Group& grp, const GroupMember& m) const {
-        const auto graphs = graph_list(g);
+        if (!m.is_param() || m.axis > 1) return {};
+        const auto graphs = m.graph == 0 ? std::vector<GraphEntry<const Graph<T>>>{{&g, ""}} : graph_list(g);
         if (!wants(g, graphs, m)) return {};
         auto it = cache_.find({m.graph, m.id});
         std::vector<double> a0, a1;

@@ -41,8 +41,9 @@ struct NoNormalize {
 };
 
 namespace detail {
+// Divides by a positive finite d; anything else would flip or destroy the ranking.
 inline void divide_by(std::span<double> s, double d) {
-    if (d != 0.0 && std::isfinite(d))
+    if (d > 0.0 && std::isfinite(d))
         for (double& x : s) x /= d;
 }
 }  // namespace detail

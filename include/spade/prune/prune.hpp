@@ -22,9 +22,11 @@
 
 namespace spade {
 
-/// Settings of prune_groups. A ratio r keeps floor(n (1 - r)) of a group's n units,
-/// then at least n (1 - max_ratio) of them and at least one, then rounds the kept
-/// count up to a multiple of `round_to` (never above n).
+/// Settings of prune_groups. Counts are in units of a group (Group::units: one
+/// channel of its root layer, or a block of channels that leave together such as
+/// a GroupNorm group). A ratio r keeps floor(n (1 - r)) of a group's n units, then
+/// at least n (1 - max_ratio) of them and at least one, then rounds the kept count
+/// up to a multiple of `round_to` (and of the conv-group blocks, if any), never above n.
 struct PruneOptions {
     double ratio = 0.5;  ///< fraction of units to remove, in [0, 1)
     Index round_to = 1;  ///< kept units are a multiple of this (e.g. 8 or 16 for SIMD)
@@ -95,7 +97,9 @@ inline Index kept_units(Index n0, double r, const PruneOptions& o, Index blocks)
     Index kept = static_cast<Index>(std::floor(static_cast<double>(n0) * (1.0 - r) + 1e-9));
     const Index floor_kept = static_cast<Index>(std::ceil(static_cast<double>(n0) * (1.0 - o.max_ratio) - 1e-9));
     kept = std::max({kept, floor_kept, Index(1)});
+    if (o.round_to >= n0 || blocks >= n0) return n0;
     const Index step = std::lcm(o.round_to, blocks);
+    if (step >= n0) return n0;
     kept = (kept + step - 1) / step * step;
     return std::min(kept, n0);
 }
@@ -107,36 +111,37 @@ inline std::vector<Index> weakest(const std::vector<double>& s, Index count, con
     std::vector<Index> order(s.size());
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return s[a] < s[b]; });
-    // channels of each member per unit, as (member, count) lists, and what each member has left
-    std::vector<std::vector<std::pair<std::size_t, Index>>> holds(static_cast<std::size_t>(grp.units));
-    std::vector<Index> left(grp.members.size()), floor(grp.members.size());
-    for (std::size_t k = 0; k < grp.members.size(); ++k) {
-        const auto& m = grp.members[k];
-        left[k] = m.channels(), floor[k] = m.groups;
-        for (Index u : m.unit) {
-            auto& h = holds[static_cast<std::size_t>(u)];
-            if (!h.empty() && h.back().first == k) ++h.back().second;
-            else h.push_back({k, 1});
-        }
+    // Members holding every unit equally often (c channels each) can lose all but
+    // ceil(floor / c) units; the others (concat parts) are checked unit by unit.
+    Index most_removable = grp.units;
+    struct Partial {
+        std::vector<Index> count;  // channels per unit
+        Index left, floor;
+    };
+    std::vector<Partial> partial;
+    std::vector<Index> per_unit(static_cast<std::size_t>(grp.units));
+    for (const auto& m : grp.members) {
+        std::fill(per_unit.begin(), per_unit.end(), 0);
+        for (Index u : m.unit) ++per_unit[static_cast<std::size_t>(u)];
+        const Index c = per_unit[0];
+        if (c > 0 && std::all_of(per_unit.begin(), per_unit.end(), [c](Index x) { return x == c; }))
+            most_removable = std::min(most_removable, grp.units - (m.groups + c - 1) / c);
+        else
+            partial.push_back({per_unit, m.channels(), m.groups});
     }
-    // a unit's channels in one member may not be adjacent (self-concat): merge duplicates
-    for (auto& h : holds) {
-        std::sort(h.begin(), h.end());
-        std::vector<std::pair<std::size_t, Index>> merged;
-        for (const auto& [k, c] : h)
-            if (!merged.empty() && merged.back().first == k) merged.back().second += c;
-            else merged.push_back({k, c});
-        h = std::move(merged);
-    }
+    auto removable = [&](Index u, Index removed) {
+        if (removed + 1 > most_removable) return false;
+        for (const auto& p : partial)
+            if (p.left - p.count[u] < p.floor) return false;
+        return true;
+    };
     const Index blocks = std::max<Index>(grp.blocks, 1), per_block = count / blocks;
     std::vector<Index> taken(static_cast<std::size_t>(blocks), 0), out;
     for (Index u : order) {
         const Index b = grp.blocks > 1 ? grp.block[u] : 0;
         if (taken[b] >= (grp.blocks > 1 ? per_block : count)) continue;
-        const auto& h = holds[static_cast<std::size_t>(u)];
-        if (std::any_of(h.begin(), h.end(), [&](const auto& kc) { return left[kc.first] - kc.second < floor[kc.first]; }))
-            continue;
-        for (const auto& [k, c] : h) left[k] -= c;
+        if (!removable(u, static_cast<Index>(out.size()))) continue;
+        for (auto& p : partial) p.left -= p.count[u];
         ++taken[b], out.push_back(u);
     }
     if (grp.blocks > 1) {  // blocks must stay even: trim to the smallest block's count
@@ -210,6 +215,9 @@ PruneReport prune_groups(Graph<T>& g, I&& importance, const PruneOptions& o = {}
         const auto inputs = example_input_shapes(g);
         rep.macs_before = total_macs(g, inputs);
         rep.params_before = count_params(g);
+        // units and ratio of each group at step 1, by key: later steps find their groups
+        // by key (a group may split, e.g. when a depthwise conv is down to one channel)
+        std::map<std::string, std::pair<Index, double>> first;
         std::vector<Index> n0;
         std::vector<double> ratios;
         std::vector<Group> groups;
@@ -218,18 +226,24 @@ PruneReport prune_groups(Graph<T>& g, I&& importance, const PruneOptions& o = {}
             double t0 = clock_seconds();
             groups = trace_groups(g, TraceOptions{o.ignore});
             if (step == 1) {
-                for (const auto& grp : groups) n0.push_back(grp.units);
-                ratios = group_ratios(groups, o);
-            } else if (groups.size() != n0.size()) {
-                fail<PruneError>("step ", step, ": the graph has ", groups.size(), " groups, step 1 had ", n0.size(),
-                                 "; was it changed between steps?");
+                const auto r = group_ratios(groups, o);
+                for (const auto& grp : groups)
+                    if (grp.prunable) first[grp.key()] = {grp.units, r[grp.id]};
+            }
+            n0.assign(groups.size(), 0);
+            ratios.assign(groups.size(), o.ratio);
+            for (const auto& grp : groups) {
+                if (!grp.prunable) continue;
+                auto it = first.find(grp.key());
+                n0[grp.id] = it == first.end() ? grp.units : it->second.first;
+                ratios[grp.id] = it == first.end() ? o.ratio : it->second.second;
             }
             double t1 = clock_seconds();
             rep.trace_seconds += t1 - t0;
 
             std::vector<std::size_t> live;  // groups that can lose units
             for (const auto& grp : groups)
-                if (grp.prunable && grp.units > 1) live.push_back(grp.id);
+                if (grp.prunable && grp.units > 1 && n0[grp.id] > 1) live.push_back(grp.id);
             detail::prepare_policy(importance, std::as_const(g), std::span<const Group>(groups));
             std::vector<std::vector<double>> scores(groups.size());
             for (std::size_t id : live) {

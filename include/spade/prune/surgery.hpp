@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <span>
@@ -92,7 +93,10 @@ void compact(T* data, ParamPlan& plan) {
         if (inner == 1) {
             for (Index k : last) *dst++ = src[k * step];
         } else {
-            for (Index k : last) dst = std::copy(src + k * step, src + k * step + inner, dst);
+            for (Index k : last) {
+                std::memmove(dst, src + k * step, sizeof(T) * static_cast<std::size_t>(inner));
+                dst += inner;
+            }
         }
         int a = q - 2;
         while (a >= 0) {
@@ -101,6 +105,34 @@ void compact(T* data, ParamPlan& plan) {
             --a;
         }
         if (a < 0) break;
+    }
+}
+
+// Checks that a group's members fit the graph (a group traced on another model
+// of the same version would otherwise index outside its buffers).
+template <class List>
+void check_members(const List& graphs, const Group& grp, const std::string& who) {
+    if (grp.blocks > 1 && static_cast<Index>(grp.block.size()) != grp.units)
+        fail<PruneError>(who, ": has ", grp.block.size(), " block entries for ", grp.units, " units");
+    for (const auto& m : grp.members) {
+        if (m.graph < 0 || m.graph >= static_cast<int>(graphs.size()))
+            fail<PruneError>(who, ": member '", m.name, "' lives in subgraph ", m.graph, " of ", graphs.size());
+        const auto& g = *graphs[static_cast<std::size_t>(m.graph)].graph;
+        Index expect = -1;
+        if (m.is_param()) {
+            if (m.id >= 0 && m.id < static_cast<int>(g.num_parameters())) {
+                const Shape& s = g.parameter(m.id).shape();
+                if (m.axis >= 0 && m.axis < s.rank() && (m.groups == 1 || m.axis == 1)) expect = s[m.axis] * m.groups;
+            }
+        } else if (m.id >= 0 && m.id < static_cast<int>(g.values().size()) && g.value(m.id).shape.rank() >= 2) {
+            expect = g.value(m.id).shape[1];
+        }
+        if (expect != m.channels())
+            fail<PruneError>(who, ": member '", m.name, "' (", m.channels(),
+                             " channels) does not match the graph; was the group traced on another graph?");
+        for (Index u : m.unit)
+            if (u < 0 || u >= grp.units)
+                fail<PruneError>(who, ": member '", m.name, "' maps a channel to unit ", u, " of ", grp.units);
     }
 }
 
@@ -137,6 +169,7 @@ void remove_channels(Graph<T>& g, std::span<const GroupCut> cuts, PruningHistory
             gone[u] = 1;
         }
         if (cut.units.empty()) continue;
+        detail::surgery::check_members(graphs, grp, who);
         if (grp.blocks > 1) {
             std::vector<Index> per_block(static_cast<std::size_t>(grp.blocks));
             for (Index u : cut.units) ++per_block[grp.block[u]];
@@ -259,6 +292,10 @@ void remove_channels(Graph<T>& g, std::span<const GroupCut> cuts, PruningHistory
     }
 
     auto mg = mutable_graph_list(g);
+    bool same_list = mg.size() == graphs.size();
+    for (std::size_t i = 0; same_list && i < mg.size(); ++i) same_list = mg[i].graph == graphs[i].graph;
+    if (!same_list)
+        fail<PruneError>("remove_channels: an op's mutable_subgraphs() does not return the graphs its subgraphs() does");
     std::vector<ParamPlan*> plans;
     for (auto& [key, plan] : params) {
         plan.prepare(graphs[key.first].graph->parameter(key.second).shape());
@@ -292,7 +329,8 @@ void remove_channels(Graph<T>& g, const Group& group, std::vector<Index> units, 
 /// Redoes the surgeries of `history` on `g`, which must be the graph the history
 /// started from (a freshly built or loaded unpruned model): step by step, it traces
 /// the groups, finds each recorded group by its key and removes the same units.
-/// Throws PruneError naming the step and group if the graph does not match.
+/// Throws PruneError naming the step and group if the graph does not match; each
+/// step is all or nothing, but the steps before a failing one stay applied.
 template <Scalar T>
 void replay(Graph<T>& g, const PruningHistory& history) {
     for (std::size_t s = 0; s < history.steps.size(); ++s) {
