@@ -384,6 +384,7 @@ private:
     // Turns the even-removal requests on the group's spaces into one block per unit,
     // or marks the group not prunable when they cannot be met together.
     void apply_even(Group& grp, const std::vector<int>& comp) {
+        if (even_.empty()) return;
         std::unordered_set<int> in_group(comp.begin(), comp.end());
         for (const auto& req : even_) {
             if (!in_group.count(req.space)) continue;

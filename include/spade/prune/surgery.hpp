@@ -76,6 +76,19 @@ struct ParamPlan {
     }
 };
 
+// Copies blocks of N elements src[k step ...] for k in `which` to consecutive places
+// from dst (dst never after the source, blocks may overlap: each is read whole first).
+template <int N, class T>
+T* copy_blocks(const T* src, Index step, const std::vector<Index>& which, T* dst) {
+    for (Index k : which) {
+        T block[N];
+        for (int t = 0; t < N; ++t) block[t] = src[k * step + t];
+        for (int t = 0; t < N; ++t) dst[t] = block[t];
+        dst += N;
+    }
+    return dst;
+}
+
 // Moves the kept part of the tensor to the front of `data`, row-major. Destinations
 // never run ahead of sources, so a forward copy is safe in place.
 template <class T>
@@ -90,13 +103,17 @@ void compact(T* data, ParamPlan& plan) {
         const auto& last = plan.list(q - 1);
         const T* src = data + base;
         const Index step = plan.stride[q - 1], inner = plan.inner;
-        if (inner == 1) {
-            for (Index k : last) *dst++ = src[k * step];
-        } else {
-            for (Index k : last) {
-                std::memmove(dst, src + k * step, sizeof(T) * static_cast<std::size_t>(inner));
-                dst += inner;
-            }
+        switch (inner) {  // small blocks (3x3, 5x5 kernels) copied inline: a call each would dominate
+            case 1:
+                for (Index k : last) *dst++ = src[k * step];
+                break;
+            case 9: dst = copy_blocks<9>(src, step, last, dst); break;
+            case 25: dst = copy_blocks<25>(src, step, last, dst); break;
+            default:
+                for (Index k : last) {
+                    std::memmove(dst, src + k * step, sizeof(T) * static_cast<std::size_t>(inner));
+                    dst += inner;
+                }
         }
         int a = q - 2;
         while (a >= 0) {
