@@ -74,9 +74,18 @@ struct PruneReport {
                           static_cast<long long>(g.before), static_cast<long long>(g.after));
             os << line;
         }
+        auto human = [](Index v) {  // 4.13 G, 25.6 M, 7.81 k
+            const double x = static_cast<double>(v);
+            char buf[32];
+            if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.3f G", x / 1e9);
+            else if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.3f M", x / 1e6);
+            else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.3f k", x / 1e3);
+            else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+            return std::string(buf);
+        };
         auto row = [&](const char* what, Index a, Index b) {
-            std::snprintf(line, sizeof line, "%-7s %12.4g -> %12.4g  (%.1f%%)\n", what, static_cast<double>(a),
-                          static_cast<double>(b), a > 0 ? 100.0 * static_cast<double>(b) / static_cast<double>(a) : 0.0);
+            std::snprintf(line, sizeof line, "%-7s %11s -> %11s  (%.1f%%)\n", what, human(a).c_str(), human(b).c_str(),
+                          a > 0 ? 100.0 * static_cast<double>(b) / static_cast<double>(a) : 0.0);
             os << line;
         };
         row("MACs", macs_before, macs_after);
