@@ -3,3 +3,4 @@
 
 #include "spade/exec/executor.hpp"
 #include "spade/exec/ops/fixed_point.hpp"
+#include "spade/exec/compile.hpp"

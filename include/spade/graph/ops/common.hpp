@@ -1,6 +1,8 @@
 // Small pieces shared by op headers: 2-D pairs, attribute helpers.
 #pragma once
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include "spade/graph/builder.hpp"
@@ -41,5 +43,36 @@ struct Pair2 {
         return {v[0], v[1]};
     }
 };
+
+/// An activation that an op applies to its own result, so that no separate pass
+/// reads and writes the tensor again (set by the inference compile step).
+enum class FusedActivation { none, relu, relu6 };
+
+/// "none", "relu" or "relu6".
+inline const char* fused_activation_name(FusedActivation a) {
+    switch (a) {
+        case FusedActivation::relu: return "relu";
+        case FusedActivation::relu6: return "relu6";
+        default: return "none";
+    }
+}
+
+/// Reads attribute "activation" of op `op` (absent means none); throws FormatError on an unknown name.
+inline FusedActivation fused_activation_from(const Attributes& a, const std::string& op) {
+    const auto name = a.get_or<std::string>(op, "activation", "none");
+    if (name == "none") return FusedActivation::none;
+    if (name == "relu") return FusedActivation::relu;
+    if (name == "relu6") return FusedActivation::relu6;
+    fail<FormatError>("op ", op, ": unknown fused activation '", name, "' (expected none, relu or relu6)");
+}
+
+/// Applies a fused activation to n values in place.
+template <class T>
+void apply_fused(FusedActivation a, T* y, Index n) {
+    if (a == FusedActivation::relu)
+        for (Index i = 0; i < n; ++i) y[i] = y[i] > T(0) ? y[i] : T(0);
+    else if (a == FusedActivation::relu6)
+        for (Index i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], T(0)), T(6));
+}
 
 }  // namespace spade

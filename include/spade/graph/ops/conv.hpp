@@ -18,6 +18,7 @@ struct Conv2dOptions {
     Pair2 dilation = 1;
     Index groups = 1;
     bool bias = true;
+    FusedActivation activation = FusedActivation::none;  ///< applied to y in the same pass (inference compile step)
 };
 
 /// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
@@ -37,7 +38,8 @@ public:
                                     .padding = Pair2::from(a, op, "padding"),
                                     .dilation = Pair2::from(a, op, "dilation"),
                                     .groups = a.get<Index>(op, "groups"),
-                                    .bias = a.get<bool>(op, "bias")});
+                                    .bias = a.get<bool>(op, "bias"),
+                                    .activation = fused_activation_from(a, op)});
     }
 
     std::string type() const override { return "Conv2d"; }
@@ -46,6 +48,7 @@ public:
         Attributes a;
         a.set("kernel", o_.kernel.vec()).set("stride", o_.stride.vec()).set("padding", o_.padding.vec());
         a.set("dilation", o_.dilation.vec()).set("groups", o_.groups).set("bias", o_.bias);
+        if (o_.activation != FusedActivation::none) a.set("activation", std::string(fused_activation_name(o_.activation)));
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
@@ -125,6 +128,7 @@ public:
             T* yb = y.data + b * cout * plane_out;
             if (depthwise(cin, w.shape)) {
                 kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb);
+                apply_fused(o_.activation, yb, cout * plane_out);
                 continue;
             }
             for (Index gi = 0; gi < o_.groups; ++gi) {
@@ -133,9 +137,9 @@ public:
                 const T* bg = bias ? bias + gi * cout_g : nullptr;
                 T* dst = yb + gi * cout_g * plane_out;
                 if (g.is_pointwise()) {  // the image is already the column matrix
-                    pointwise(src, wg, bg, cout_g, k, plane_out, dst);
+                    pointwise(src, wg, bg, o_.activation, cout_g, k, plane_out, dst);
                 } else {
-                    conv_tiled(src, cin_g, g, wg, bg, cout_g, k, ctx.workspace.data(), dst);
+                    conv_tiled(src, cin_g, g, wg, bg, o_.activation, cout_g, k, ctx.workspace.data(), dst);
                 }
             }
         }
@@ -143,17 +147,21 @@ public:
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
-    // y[c, p] += bias[c] for pixels [p0, p1) of planes `plane` apart
-    static void add_bias(T* y, const T* bias, Index channels, Index plane, Index p0, Index p1) {
+    // y[c, p] = act(y[c, p] + bias[c]) for pixels [p0, p1) of planes `plane` apart
+    static void epilogue(T* y, const T* bias, FusedActivation act, Index channels, Index plane, Index p0, Index p1) {
+        if (!bias && act == FusedActivation::none) return;
         for (Index c = 0; c < channels; ++c) {
             T* d = y + c * plane;
-            for (Index i = p0; i < p1; ++i) d[i] += bias[c];
+            if (bias)
+                for (Index i = p0; i < p1; ++i) d[i] += bias[c];
+            apply_fused(act, d + p0, p1 - p0);
         }
     }
     // 1x1 convolution: the image is already the column matrix.
-    static void pointwise(const T* x, const T* w, const T* bias, Index cout, Index k, Index plane, T* y) {
+    static void pointwise(const T* x, const T* w, const T* bias, FusedActivation act, Index cout, Index k, Index plane,
+                          T* y) {
         kernels::gemm_parallel(cout, plane, k, w, k, x, plane, y, plane);
-        if (bias) add_bias(y, bias, cout, plane, 0, plane);
+        epilogue(y, bias, act, cout, plane, 0, plane);
     }
     // On several threads, im2col + GEMM run over blocks of output pixels: each
     // thread lays out the columns of its own block (into its slice of the full
@@ -161,7 +169,7 @@ private:
     // cache. On one thread, or with too few blocks to share, one im2col and one
     // GEMM (split into row bands) measured as fast or faster.
     static void conv_tiled(const T* src, Index cin_g, const kernels::ConvGeometry& g, const T* w, const T* bias,
-                           Index cout_g, Index k, T* col, T* dst) {
+                           FusedActivation act, Index cout_g, Index k, T* col, T* dst) {
         const Index plane = g.out_h * g.out_w;
         // block width: about 256 KiB of columns, a multiple of 16, at least 256 (narrower measured slower)
         const Index width = std::max<Index>(256, (Index(256 * 1024) / Index(sizeof(T)) / std::max<Index>(k, 1)) / 16 * 16);
@@ -170,7 +178,7 @@ private:
         if (threads == 1 || blocks < 2 * threads) {
             kernels::im2col(src, cin_g, g, col);
             kernels::gemm_parallel(cout_g, plane, k, w, k, col, plane, dst, plane);
-            if (bias) add_bias(dst, bias, cout_g, plane, 0, plane);
+            epilogue(dst, bias, act, cout_g, plane, 0, plane);
             return;
         }
         parallel_for(
@@ -179,7 +187,7 @@ private:
                 const Index p0 = b * width, p1 = std::min(plane, p0 + width);
                 kernels::im2col(src, cin_g, g, col, p0, p1, plane);
                 kernels::gemm(cout_g, p1 - p0, k, w, k, col + p0, plane, dst + p0, plane);
-                if (bias) add_bias(dst, bias, cout_g, plane, p0, p1);
+                epilogue(dst, bias, act, cout_g, plane, p0, p1);
             },
             cout_g * k * width);
     }

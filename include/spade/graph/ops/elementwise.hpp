@@ -30,6 +30,16 @@ struct Sub {
         return a - b;
     }
 };
+/// max(a + b, 0): a residual addition with the ReLU that follows it fused
+/// (made by the inference compile step).
+struct AddRelu {
+    static constexpr const char* type = "AddReLU";
+    template <class T>
+    T operator()(T a, T b) const {
+        const T s = a + b;
+        return s > T(0) ? s : T(0);
+    }
+};
 /// a * b.
 struct Mul {
     static constexpr const char* type = "Mul";
@@ -144,6 +154,11 @@ inline const bool sub_registered = register_op<Sub>("Sub");
 SPADE_OP_INSTANCES(Elementwise, arithmetic_fn::Sub)
 inline const bool mul_registered = register_op<Mul>("Mul");
 SPADE_OP_INSTANCES(Elementwise, arithmetic_fn::Mul)
+/// AddReLU op: max(a + b, 0).
+template <class T>
+using AddReLU = Elementwise<T, arithmetic_fn::AddRelu>;
+inline const bool add_relu_registered = register_op<AddReLU>("AddReLU");
+SPADE_OP_INSTANCES(Elementwise, arithmetic_fn::AddRelu)
 
 namespace nn {
 

@@ -1,0 +1,259 @@
+// The inference compile step: a copy of a graph rewritten for speed, leaving
+// the training graph as it is.
+//   - BatchNorm2d (with its running statistics) and per-channel Scale that
+//     follow a Conv2d are folded into the conv's weight and bias;
+//   - a ReLU or ReLU6 that follows a Conv2d (after folding) becomes the conv's
+//     fused activation, and an Add followed by a ReLU becomes one AddReLU;
+//   - subgraphs (FixedPoint bodies) are compiled the same way.
+// Folding needs the intermediate tensor to have no other reader: a conv whose
+// output also feeds a second layer, or is a graph output, is left as it is.
+// InferenceModel keeps the compiled copy in step with its source graph: it
+// recompiles when the graph's version changed (channel surgery), and refresh()
+// recompiles after weights changed in place (training does not bump the version).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "spade/exec/executor.hpp"
+#include "spade/graph/ops.hpp"
+
+namespace spade {
+
+/// Settings of compile_for_inference.
+struct CompileOptions {
+    bool fold_norms = true;        ///< fold BatchNorm2d and per-channel Scale into the preceding Conv2d
+    bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
+};
+
+namespace detail::compile {
+
+// Readers of each value (graph outputs count as readers).
+template <Scalar T>
+std::vector<int> reader_counts(const Graph<T>& g) {
+    std::vector<int> n(g.values().size(), 0);
+    for (const auto& node : g.nodes())
+        for (ValueId v : node.inputs) ++n[static_cast<std::size_t>(v)];
+    for (ValueId v : g.outputs()) ++n[static_cast<std::size_t>(v)];
+    return n;
+}
+
+// How often each parameter is used by a node.
+template <Scalar T>
+std::vector<int> param_uses(const Graph<T>& g) {
+    std::vector<int> n(g.num_parameters(), 0);
+    for (const auto& node : g.nodes())
+        for (ParamId p : node.params) ++n[static_cast<std::size_t>(p)];
+    return n;
+}
+
+}  // namespace detail::compile
+
+/// A copy of `g` with norms folded and activations fused (see the file comment);
+/// it computes the same function up to rounding. Every parameter of the copy owns
+/// its storage; folded convs get parameters named "<node>.weight" and "<node>.bias".
+template <Scalar T>
+Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) {
+    using namespace detail::compile;
+    const auto readers = reader_counts(g);
+    const auto uses = param_uses(g);
+    const std::size_t n = g.nodes().size();
+    // the single reader of each value that has exactly one
+    std::vector<NodeId> only_reader(g.values().size(), -1);
+    for (std::size_t i = 0; i < n; ++i)
+        for (ValueId v : g.nodes()[i].inputs)
+            if (readers[static_cast<std::size_t>(v)] == 1) only_reader[static_cast<std::size_t>(v)] = static_cast<NodeId>(i);
+
+    // plan: for each conv, the per-channel affine layers to fold and the activation to fuse
+    struct Plan {
+        std::vector<NodeId> folded;  // BatchNorm2d / Scale nodes, in order
+        FusedActivation act = FusedActivation::none;
+        NodeId last = -1;  // node whose output the fused chain ends in
+    };
+    std::map<NodeId, Plan> plans;
+    std::vector<char> absorbed(n, 0);
+    std::vector<ValueId> alias(g.values().size());
+    for (std::size_t v = 0; v < alias.size(); ++v) alias[v] = static_cast<ValueId>(v);
+    auto next_of = [&](NodeId id) -> NodeId {  // the one reader of a node's one output, if so
+        const auto& node = g.node(id);
+        if (node.outputs.size() != 1) return -1;
+        return only_reader[static_cast<std::size_t>(node.outputs[0])];
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto& node = g.nodes()[i];
+        const std::string type = node.op->type();
+        const bool conv = type == "Conv2d" &&
+                          static_cast<const Conv2d<T>&>(*node.op).options().activation == FusedActivation::none;
+        const bool add = type == "Add";
+        if (!conv && !add) continue;
+        Plan plan;
+        NodeId cur = static_cast<NodeId>(i);
+        const bool own_params = std::all_of(node.params.begin(), node.params.end(),
+                                            [&](ParamId p) { return uses[static_cast<std::size_t>(p)] == 1; });
+        if (conv && o.fold_norms && own_params) {
+            while (true) {
+                const NodeId nx = next_of(cur);
+                if (nx < 0) break;
+                const auto& next = g.node(nx);
+                const std::string t = next.op->type();
+                const bool bn = t == "BatchNorm2d";
+                const bool scale = t == "Scale" && static_cast<const Scale<T>&>(*next.op).per_channel();
+                if (!bn && !scale) break;
+                plan.folded.push_back(nx);
+                cur = nx;
+            }
+        }
+        if (o.fuse_activations) {
+            const NodeId nx = next_of(cur);
+            if (nx >= 0) {
+                const std::string t = g.node(nx).op->type();
+                if (t == "ReLU" || (conv && t == "ReLU6")) {
+                    plan.act = t == "ReLU" ? FusedActivation::relu : FusedActivation::relu6;
+                    cur = nx;
+                }
+            }
+        }
+        if (add && plan.act == FusedActivation::none) continue;
+        plan.last = cur;
+        for (NodeId f : plan.folded) absorbed[static_cast<std::size_t>(f)] = 1;
+        if (cur != static_cast<NodeId>(i)) {
+            absorbed[static_cast<std::size_t>(cur)] = 1;
+            alias[static_cast<std::size_t>(g.node(cur).outputs[0])] = node.outputs[0];
+        }
+        plans[static_cast<NodeId>(i)] = std::move(plan);
+    }
+    // a value absorbed into a chain resolves to the head's output
+    auto resolve = [&](ValueId v) {
+        while (alias[static_cast<std::size_t>(v)] != v) v = alias[static_cast<std::size_t>(v)];
+        return v;
+    };
+
+    Graph<T> out;
+    std::vector<ValueId> map(g.values().size(), -1);
+    for (ValueId v : g.inputs()) map[static_cast<std::size_t>(v)] = out.add_input(g.value(v).name, g.value(v).shape);
+    std::map<ParamId, ParamId> copied;  // original parameter -> its copy (shared ones stay shared)
+    auto copy_param = [&](ParamId p) {
+        auto it = copied.find(p);
+        if (it != copied.end()) return it->second;
+        return copied[p] = out.add_parameter(Parameter<T>(g.parameter(p)));
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+        if (absorbed[i]) continue;
+        const auto& node = g.nodes()[i];
+        std::vector<ValueId> in;
+        for (ValueId v : node.inputs) in.push_back(map[static_cast<std::size_t>(resolve(v))]);
+        std::unique_ptr<Op<T>> op;
+        std::vector<ParamId> params;
+        auto it = plans.find(static_cast<NodeId>(i));
+        if (it == plans.end()) {
+            op = node.op->clone();
+            for (ParamId p : node.params) params.push_back(copy_param(p));
+            for (Graph<T>* sub : op->mutable_subgraphs()) *sub = compile_for_inference(*sub, o);
+        } else if (node.op->type() == "Add") {
+            op = std::make_unique<AddReLU<T>>();
+        } else {
+            const auto& conv = static_cast<const Conv2d<T>&>(*node.op);
+            Conv2dOptions co = conv.options();
+            const auto& w0 = g.parameter(node.params[0]);
+            const Index cout = w0.shape()[0], per_out = w0.numel() / std::max<Index>(cout, 1);
+            std::vector<double> scale(static_cast<std::size_t>(cout), 1.0), shift(static_cast<std::size_t>(cout), 0.0);
+            if (co.bias)
+                for (Index c = 0; c < cout; ++c) shift[c] = static_cast<double>(g.parameter(node.params[1]).data()[c]);
+            for (NodeId f : it->second.folded) {  // y -> a y + b, composed in order
+                const auto& fn = g.node(f);
+                std::vector<double> a(static_cast<std::size_t>(cout), 1.0), b(static_cast<std::size_t>(cout), 0.0);
+                if (fn.op->type() == "Scale") {
+                    const T* w = g.parameter(fn.params[0]).data();
+                    for (Index c = 0; c < cout; ++c) a[c] = static_cast<double>(w[c]);
+                } else {
+                    const auto& bn = static_cast<const BatchNorm2d<T>&>(*fn.op);
+                    const bool affine = bn.options().affine;
+                    const T* mean = g.parameter(fn.params[affine ? 2 : 0]).data();
+                    const T* var = g.parameter(fn.params[affine ? 3 : 1]).data();
+                    for (Index c = 0; c < cout; ++c) {
+                        const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + bn.options().eps);
+                        const double gamma = affine ? static_cast<double>(g.parameter(fn.params[0]).data()[c]) : 1.0;
+                        const double beta = affine ? static_cast<double>(g.parameter(fn.params[1]).data()[c]) : 0.0;
+                        a[c] = gamma * inv;
+                        b[c] = beta - static_cast<double>(mean[c]) * gamma * inv;
+                    }
+                }
+                for (Index c = 0; c < cout; ++c) scale[c] *= a[c], shift[c] = a[c] * shift[c] + b[c];
+            }
+            const bool folded = !it->second.folded.empty();
+            co.activation = it->second.act;
+            if (folded) {
+                co.bias = true;
+                Parameter<T> w(node.name + ".weight", w0.shape());
+                for (Index c = 0; c < cout; ++c)
+                    for (Index k = 0; k < per_out; ++k)
+                        w.data()[c * per_out + k] = static_cast<T>(static_cast<double>(w0.data()[c * per_out + k]) * scale[c]);
+                Parameter<T> bias(node.name + ".bias", Shape{cout});
+                for (Index c = 0; c < cout; ++c) bias.data()[c] = static_cast<T>(shift[c]);
+                params = {out.add_parameter(std::move(w)), out.add_parameter(std::move(bias))};
+            } else {
+                for (ParamId p : node.params) params.push_back(copy_param(p));
+            }
+            op = std::make_unique<Conv2d<T>>(co);
+        }
+        const NodeId id = out.add_node(node.name, std::move(op), std::move(in), std::move(params));
+        for (std::size_t k = 0; k < node.outputs.size(); ++k)
+            map[static_cast<std::size_t>(node.outputs[k])] = out.node(id).outputs[k];
+    }
+    for (ValueId v : g.outputs()) out.add_output(map[static_cast<std::size_t>(resolve(v))]);
+    return out;
+}
+
+/// Runs a graph through its compiled copy and keeps the copy current: a changed
+/// graph version (channel surgery, new nodes) recompiles on the next forward; call
+/// refresh() after changing weights in place. Holds a reference to the graph.
+template <Scalar T>
+class InferenceModel {
+public:
+    explicit InferenceModel(const Graph<T>& g, const CompileOptions& o = {}) : source_(&g), options_(o) { refresh(); }
+
+    /// Recompiles from the source graph now.
+    void refresh() {
+        auto compiled = std::make_unique<Graph<T>>(compile_for_inference(*source_, options_));
+        auto exec = std::make_unique<Executor<T>>(*compiled);
+        compiled_ = std::move(compiled);
+        exec_ = std::move(exec);
+        version_ = source_->version();
+    }
+    /// Output of a single-input, single-output graph.
+    Tensor<T> forward(const Tensor<T>& x) {
+        current();
+        return exec_->forward(x);
+    }
+    /// Outputs for any number of inputs.
+    std::vector<Tensor<T>> forward(std::span<const TensorRef<const T>> inputs) {
+        current();
+        return exec_->forward(inputs);
+    }
+    /// The compiled graph (recompiled first if the source changed).
+    const Graph<T>& compiled() {
+        current();
+        return *compiled_;
+    }
+    /// The executor of the compiled graph (its plan reports peak activation memory).
+    Executor<T>& executor() {
+        current();
+        return *exec_;
+    }
+
+private:
+    void current() {
+        if (source_->version() != version_) refresh();
+    }
+    const Graph<T>* source_;
+    CompileOptions options_;
+    std::unique_ptr<Graph<T>> compiled_;
+    std::unique_ptr<Executor<T>> exec_;
+    std::uint64_t version_ = 0;
+};
+
+}  // namespace spade

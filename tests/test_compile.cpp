@@ -1,0 +1,110 @@
+// The inference compile step: folded and fused copies compute what the
+// training graph computes, and a compiled model never runs a stale copy.
+#include "prune_fixtures.hpp"
+
+using namespace spade;
+
+namespace {
+
+std::size_t count_type(const Graph<double>& g, const std::string& type) {
+    return static_cast<std::size_t>(
+        std::count_if(g.nodes().begin(), g.nodes().end(), [&](const auto& n) { return n.op->type() == type; }));
+}
+
+std::vector<Tensor<double>> inputs_for(const Graph<double>& g) {
+    std::vector<Tensor<double>> xs;
+    const auto shapes = example_input_shapes(g);
+    for (std::size_t i = 0; i < shapes.size(); ++i) xs.push_back(test::random_tensor<double>(shapes[i], 40 + i));
+    return xs;
+}
+
+std::vector<Tensor<double>> run_all(const Graph<double>& g, const std::vector<Tensor<double>>& xs) {
+    std::vector<TensorRef<const double>> refs;
+    for (const auto& x : xs) refs.push_back(x.ref());
+    Executor<double> ex(g);
+    return ex.forward(refs);
+}
+
+void check_same(const Graph<double>& a, const Graph<double>& b, double tol) {
+    const auto xs = inputs_for(a);
+    const auto ya = run_all(a, xs), yb = run_all(b, xs);
+    REQUIRE(ya.size() == yb.size());
+    for (std::size_t k = 0; k < ya.size(); ++k) CHECK(test::max_rel_err(yb[k], ya[k]) < tol);
+}
+
+}  // namespace
+
+TEST_CASE("compile: folded and fused zoo models compute what the originals compute", "[compile][zoo]") {
+    for (const auto& name : test::zoo_names()) {
+        INFO(name);
+        const auto g = test::zoo_model(name);
+        const auto c = compile_for_inference(g);
+        check_same(g, c, 1e-10);
+        CHECK(total_macs(c, example_input_shapes(c)) <= total_macs(g, example_input_shapes(g)));
+    }
+    const auto r = test::zoo_model("resnet50");
+    const auto c = compile_for_inference(r);
+    CHECK(count_type(r, "BatchNorm2d") == 53);
+    CHECK(count_type(c, "BatchNorm2d") == 0);  // every BN follows a conv
+    CHECK(count_type(c, "ReLU") == 0);         // after a conv, or after the residual Add
+    CHECK(count_type(c, "AddReLU") == 16);
+    CHECK(count_type(c, "Conv2d") == 53);
+    const auto& conv1 = static_cast<const Conv2d<double>&>(*c.node(c.node_id("conv1")).op);
+    CHECK(conv1.options().activation == FusedActivation::relu);
+    CHECK(conv1.options().bias);
+    // the training graph is untouched
+    CHECK(count_type(r, "BatchNorm2d") == 53);
+    CHECK_FALSE(r.has_parameter("conv1.bias"));
+}
+
+TEST_CASE("compile: Scale and BN chains fold, ReLU6 fuses, shared readers block folding", "[compile]") {
+    GraphBuilder<double> b(3);
+    auto x = b.input("x", {1, 3, 6, 6});
+    auto a = nn::conv2d(x, "a", {.out_channels = 4, .kernel = 3, .padding = 1, .bias = false});
+    a = nn::relu6(nn::scale(nn::batch_norm2d(a, "bn_a"), "gain"), "act");
+    auto c = nn::conv2d(a, "c", {.out_channels = 4, .kernel = 1});
+    auto bn_c = nn::batch_norm2d(c, "bn_c");
+    auto d = nn::conv2d(bn_c, "d", {.out_channels = 4, .kernel = 1});
+    auto e = nn::conv2d(bn_c, "e", {.out_channels = 4, .kernel = 1});  // bn_c has two readers
+    auto sum = nn::relu(nn::add(d, e, "sum"), "out_act");
+    b.output(sum);
+    b.output(c);  // c is also a graph output: bn_c cannot fold into it
+    auto g = std::move(b).build();
+    test::randomize(g, 8);
+    const auto k = compile_for_inference(g);
+    check_same(g, k, 1e-12);
+    CHECK(count_type(k, "Scale") == 0);
+    CHECK(count_type(k, "ReLU6") == 0);
+    CHECK(count_type(k, "BatchNorm2d") == 1);  // bn_c stays
+    CHECK(count_type(k, "AddReLU") == 1);
+    CHECK(static_cast<const Conv2d<double>&>(*k.node(k.node_id("a")).op).options().activation == FusedActivation::relu6);
+    // the compiled graph saves and loads with its fused activations
+    const auto again = graph_from_json<double>(graph_to_json(k), "compiled");
+    CHECK(again.node(again.node_id("a")).op->attributes() == k.node(k.node_id("a")).op->attributes());
+    CHECK(compile_for_inference(g, {.fold_norms = false, .fuse_activations = false}).nodes().size() == g.nodes().size());
+}
+
+TEST_CASE("compile: FixedPoint bodies and shared priors compile too", "[compile]") {
+    for (const auto* name : {"fixed_point", "shared_prior", "gate", "depthwise"}) {
+        INFO(name);
+        const auto g = test::coupling_graph(name);
+        check_same(g, compile_for_inference(g), 1e-12);
+    }
+}
+
+TEST_CASE("an inference model recompiles after surgery and on refresh: never a stale plan", "[compile][prune]") {
+    auto g = test::zoo_model("resnet18");
+    InferenceModel<double> model(g);
+    const auto x = test::random_tensor<double>({1, 3, 32, 32}, 3);
+    const auto dense = model.forward(x);
+    CHECK(test::max_rel_err(dense, test::run(g, x)) < 1e-10);
+    prune_groups(g, Magnitude<2>{}, {.ratio = 0.5});
+    const auto pruned = model.forward(x);  // no refresh needed: the version changed
+    CHECK(test::max_rel_err(pruned, test::run(g, x)) < 1e-10);
+    CHECK(test::max_rel_err(pruned, dense) > 1e-3);
+    CHECK(model.compiled().parameter("conv1.weight").shape()[0] == 32);
+    // weights changed in place keep the version: refresh() picks them up
+    for (auto& v : g.parameter("fc.bias")) v += 1.0;
+    model.refresh();
+    CHECK(test::max_rel_err(model.forward(x), test::run(g, x)) < 1e-10);
+}
