@@ -1,4 +1,4 @@
-// Dense vs pruned forward latency of every zoo model (classifiers at 224²,
+// Dense vs pruned forward latency (compiled for inference) of every zoo model (classifiers at 224²,
 // restoration nets at 256², batch 1): L2-magnitude pruning of every group at
 // 25%, 50% and 75%, with and without round_to = 8. After the runs a table gives
 // per variant the latency, the MACs ratio (pruned / dense), the measured speedup,
@@ -47,15 +47,15 @@ void forward(benchmark::State& state, const Factory& make, const Variant& v) {
     const auto inputs = spade::example_input_shapes(g);
     const double dense_macs = static_cast<double>(spade::total_macs(g, inputs));
     if (v.ratio > 0) spade::prune_groups(g, spade::Magnitude<2>{}, {.ratio = v.ratio, .round_to = v.round_to});
-    spade::Executor<float> ex(g);
+    spade::InferenceModel<float> model(g);  // BN folded, activations fused
     spade::Tensor<float> x(inputs[0], 0.5f);
-    ex.forward(x);  // plan and warm up
+    model.forward(x);  // plan and warm up
     for (auto _ : state) {
-        auto y = ex.forward(x);
+        auto y = model.forward(x);
         benchmark::DoNotOptimize(y.data());
     }
     state.counters["macs_ratio"] = static_cast<double>(spade::total_macs(g, inputs)) / dense_macs;
-    state.counters["peak_MiB"] = static_cast<double>(ex.plan().peak_bytes(sizeof(float))) / 1048576.0;
+    state.counters["peak_MiB"] = static_cast<double>(model.executor().plan().peak_bytes(sizeof(float))) / 1048576.0;
 }
 
 // Keeps the median (or the single run) of every benchmark, to print the table at the end.

@@ -147,21 +147,26 @@ public:
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
-    // y[c, p] = act(y[c, p] + bias[c]) for pixels [p0, p1) of planes `plane` apart
-    static void epilogue(T* y, const T* bias, FusedActivation act, Index channels, Index plane, Index p0, Index p1) {
+    // y[c, p] = act(y[c, p] + bias[c]) for channels [c0, c1) and pixels [p0, p1) of planes `plane` apart
+    static void epilogue(T* y, const T* bias, FusedActivation act, Index c0, Index c1, Index plane, Index p0, Index p1) {
         if (!bias && act == FusedActivation::none) return;
-        for (Index c = 0; c < channels; ++c) {
+        for (Index c = c0; c < c1; ++c) {
             T* d = y + c * plane;
             if (bias)
                 for (Index i = p0; i < p1; ++i) d[i] += bias[c];
             apply_fused(act, d + p0, p1 - p0);
         }
     }
+    // C = W * columns over spade's threads, each band finished (bias, activation) in cache
+    static void gemm_epilogue(Index cout, Index plane, Index k, const T* w, const T* cols, const T* bias,
+                              FusedActivation act, T* y) {
+        kernels::gemm_parallel(cout, plane, k, w, k, cols, plane, y, plane,
+                               [&](Index c0, Index c1, Index p0, Index p1) { epilogue(y, bias, act, c0, c1, plane, p0, p1); });
+    }
     // 1x1 convolution: the image is already the column matrix.
     static void pointwise(const T* x, const T* w, const T* bias, FusedActivation act, Index cout, Index k, Index plane,
                           T* y) {
-        kernels::gemm_parallel(cout, plane, k, w, k, x, plane, y, plane);
-        epilogue(y, bias, act, cout, plane, 0, plane);
+        gemm_epilogue(cout, plane, k, w, x, bias, act, y);
     }
     // On several threads, im2col + GEMM run over blocks of output pixels: each
     // thread lays out the columns of its own block (into its slice of the full
@@ -177,8 +182,7 @@ private:
         const int threads = num_threads();
         if (threads == 1 || blocks < 2 * threads) {
             kernels::im2col(src, cin_g, g, col);
-            kernels::gemm_parallel(cout_g, plane, k, w, k, col, plane, dst, plane);
-            epilogue(dst, bias, act, cout_g, plane, 0, plane);
+            gemm_epilogue(cout_g, plane, k, w, col, bias, act, dst);
             return;
         }
         parallel_for(
@@ -187,7 +191,7 @@ private:
                 const Index p0 = b * width, p1 = std::min(plane, p0 + width);
                 kernels::im2col(src, cin_g, g, col, p0, p1, plane);
                 kernels::gemm(cout_g, p1 - p0, k, w, k, col + p0, plane, dst + p0, plane);
-                epilogue(dst, bias, act, cout_g, plane, p0, p1);
+                epilogue(dst, bias, act, 0, cout_g, plane, p0, p1);
             },
             cout_g * k * width);
     }

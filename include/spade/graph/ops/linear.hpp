@@ -75,10 +75,11 @@ public:
         T* y = ctx.outputs[0].data;
         const Index n = x.shape[0], in = w.shape[1], out = w.shape[0];
         const T* b = o_.bias ? ctx.params[1].data : nullptr;
-        if (n == 1) {
-            kernels::gemm(out, 1, in, w.data, in, x.data, 1, y, 1);
-            if (b)
-                for (Index j = 0; j < out; ++j) y[j] += b[j];
+        if (n == 1) {  // a matrix-vector product, memory-bound: rows split over the threads
+            kernels::gemm_parallel(out, 1, in, w.data, in, x.data, 1, y, 1, [&](Index i0, Index i1, Index, Index) {
+                if (b)
+                    for (Index j = i0; j < i1; ++j) y[j] += b[j];
+            });
             return;
         }
         T* xt = ctx.workspace.data();  // [in, N]
