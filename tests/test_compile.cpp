@@ -108,3 +108,24 @@ TEST_CASE("an inference model recompiles after surgery and on refresh: never a s
     model.refresh();
     CHECK(test::max_rel_err(model.forward(x), test::run(g, x)) < 1e-10);
 }
+
+TEST_CASE("compile: ResNet-50's planned activation memory is at most 3x its largest tensor plus the largest workspace",
+          "[compile][memory]") {
+    const auto g = models::resnet50<float>();
+    InferenceModel<float> model(g);
+    model.forward(Tensor<float>(example_input_shapes(g)[0], 0.5f));
+    const auto& c = model.compiled();
+    const auto shapes = infer_value_shapes(c, example_input_shapes(c));
+    Index largest = 0, workspace = 0;
+    for (const auto& s : shapes) largest = std::max(largest, s.numel());
+    for (std::size_t i = 0; i < c.nodes().size(); ++i) {
+        const auto& n = c.nodes()[i];
+        std::vector<Shape> in, out, ps = c.param_shapes(static_cast<NodeId>(i));
+        for (ValueId v : n.inputs) in.push_back(shapes[v]);
+        for (ValueId v : n.outputs) out.push_back(shapes[v]);
+        workspace = std::max(workspace, n.op->workspace_size(ShapeContext{n.name, in, ps}, out));
+    }
+    CHECK(largest == 64 * 112 * 112);
+    CHECK(workspace == 3 * 7 * 7 * 112 * 112);  // the stem's im2col
+    CHECK(model.executor().plan().peak_bytes(sizeof(float)) <= (3 * largest + workspace) * Index(sizeof(float)));
+}

@@ -62,6 +62,10 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         // wide planes: split into pixel blocks that threads lay out and multiply on their own
         {1, 64, 40, 45, {.out_channels = 5, .kernel = 3, .padding = 1}},
         {2, 48, 37, 50, {.out_channels = 4, .kernel = 3, .stride = {2, 1}, .padding = 2, .dilation = 2, .groups = 2}},
+        // 3x3 stride 1 on rows of at least 3/4 of a tile: the direct kernel, odd channel counts, tails
+        {2, 13, 9, 30, {.out_channels = 21, .kernel = 3, .padding = 1, .bias = false}},
+        {1, 3, 5, 64, {.out_channels = 8, .kernel = 3, .padding = 1}},
+        {1, 17, 4, 41, {.out_channels = 9, .kernel = 3, .padding = 1}},
     };
     std::uint64_t seed = 1;
     for (const auto& c : cases) {
@@ -75,6 +79,32 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         auto ref = ref_conv2d(in, g.parameter("conv.weight"), bias, c.o);
         INFO("case cin=" << c.cin << " cout=" << c.o.out_channels << " groups=" << c.o.groups);
         CHECK(test::max_rel_err(y, ref) < 1e-12);
+    }
+}
+
+TEST_CASE("Conv2d applies a fused activation after the bias on every kernel path", "[conv]") {
+    struct Case {
+        Index cin, h, w;
+        Conv2dOptions o;
+    };
+    std::vector<Case> cases{
+        {5, 6, 40, {.out_channels = 11, .kernel = 3, .padding = 1, .activation = FusedActivation::relu}},    // direct
+        {5, 6, 9, {.out_channels = 11, .kernel = 3, .padding = 1, .activation = FusedActivation::relu6}},    // im2col
+        {7, 12, 11, {.out_channels = 5, .kernel = 1, .activation = FusedActivation::relu}},                  // 1x1
+        {4, 7, 10, {.out_channels = 8, .kernel = 3, .padding = 1, .groups = 4, .activation = FusedActivation::relu6}},
+        {64, 40, 45, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 1, .activation = FusedActivation::relu}},
+    };
+    std::uint64_t seed = 50;
+    for (const auto& c : cases) {
+        GraphBuilder<double> b(seed);
+        auto x = b.input("x", {1, c.cin, c.h, c.w});
+        b.output(nn::conv2d(x, "conv", c.o));
+        auto g = std::move(b).build();
+        auto in = test::random_tensor<double>({1, c.cin, c.h, c.w}, ++seed, -4.0, 4.0);
+        auto ref = ref_conv2d(in, g.parameter("conv.weight"), &g.parameter("conv.bias"), c.o);
+        for (auto& v : ref) v = c.o.activation == FusedActivation::relu ? std::max(v, 0.0) : std::clamp(v, 0.0, 6.0);
+        INFO("case cin=" << c.cin << " w=" << c.w);
+        CHECK(test::max_rel_err(test::run(g, in), ref) < 1e-12);
     }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "spade/exec/kernels/depthwise.hpp"
+#include "spade/exec/kernels/direct3x3.hpp"
 #include "spade/exec/kernels/gemm.hpp"
 #include "spade/exec/kernels/im2col.hpp"
 #include "spade/graph/ops/common.hpp"
@@ -111,6 +112,8 @@ public:
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
+        if (direct(g))
+            return kernels::direct3x3_workspace<T>(ctx.inputs[0][1], g.in_h, g.in_w, ctx.params[0][0]);
         return ctx.params[0][1] * g.kernel_h * g.kernel_w * out[0][2] * out[0][3];
     }
 
@@ -131,6 +134,11 @@ public:
                 apply_fused(o_.activation, yb, cout * plane_out);
                 continue;
             }
+            if (direct(g)) {
+                kernels::conv3x3_direct(xb, cin, g.in_h, g.in_w, w.data, bias, o_.activation, cout, yb,
+                                        ctx.workspace.data());
+                continue;
+            }
             for (Index gi = 0; gi < o_.groups; ++gi) {
                 const T* src = xb + gi * cin_g * plane_in;
                 const T* wg = w.data + gi * cout_g * k;
@@ -147,6 +155,12 @@ public:
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
+    // 3x3, stride 1, padding 1, one group, rows wide enough: the direct kernel
+    bool direct(const kernels::ConvGeometry& g) const {
+        return o_.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
+               g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
+               kernels::direct3x3_suits<T>(g.out_w);
+    }
     // y[c, p] = act(y[c, p] + bias[c]) for channels [c0, c1) and pixels [p0, p1) of planes `plane` apart
     static void epilogue(T* y, const T* bias, FusedActivation act, Index c0, Index c1, Index plane, Index p0, Index p1) {
         if (!bias && act == FusedActivation::none) return;
