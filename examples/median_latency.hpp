@@ -1,4 +1,4 @@
-// Median forward latency of a graph, shared by the examples.
+// Median forward latency of a graph compiled for inference, shared by the examples.
 #pragma once
 
 #include <spade/spade.hpp>
@@ -7,10 +7,11 @@
 #include <chrono>
 #include <vector>
 
-/// Median milliseconds of `runs` forward passes on `x`, after two warm-up passes.
+/// Median milliseconds of `runs` forward passes on `x` of the graph compiled for
+/// inference (BN folded, activations fused), after two warm-up passes.
 template <class T>
 double median_latency_ms(const spade::Graph<T>& g, const spade::Tensor<T>& x, int runs = 10) {
-    spade::Executor<T> exec(g);
+    spade::InferenceModel<T> exec(g);
     std::vector<double> ms;
     for (int i = 0; i < runs + 2; ++i) {
         const auto t = std::chrono::steady_clock::now();
