@@ -191,7 +191,7 @@ private:
     int space(int graph, Kind kind, int id, int axis, Index groups, Index extent, std::string name, const char* label) {
         const auto k = key(graph, kind, id, axis);
         auto it = index_.find(k);
-        bool fresh_key = true;
+        std::string shared_reason;  // set when this reading of a weight must stay apart from an earlier one
         if (it != index_.end()) {
             Space& s = spaces_[it->second];
             if (s.groups == groups) {
@@ -199,11 +199,9 @@ private:
                 return it->second;
             }
             // the same weight read with other conv groups: both readings stay whole
-            const std::string why = "parameter '" + s.name + "' is used with " + std::to_string(s.groups) + " and " +
-                                    std::to_string(groups) + " conv groups";
-            pin(it->second, why);
-            fresh_key = false;
-            pending_pin_ = why;
+            shared_reason = "parameter '" + s.name + "' is used with " + std::to_string(s.groups) + " and " +
+                            std::to_string(groups) + " conv groups";
+            pin(it->second, shared_reason);
         }
         const int sid = static_cast<int>(spaces_.size());
         const Index size = extent * groups;
@@ -213,8 +211,8 @@ private:
                            label ? label : "", ""});
         parent_.resize(parent_.size() + static_cast<std::size_t>(size));
         std::iota(parent_.end() - size, parent_.end(), static_cast<int>(spaces_[sid].base));
-        if (fresh_key) index_[k] = sid;
-        else pin(sid, pending_pin_);
+        if (shared_reason.empty()) index_[k] = sid;
+        else pin(sid, shared_reason);
         return sid;
     }
     int value_space(int gi, ValueId v) {
@@ -440,7 +438,6 @@ private:
     std::unordered_set<std::string> ignore_;
     std::unordered_set<std::uint64_t> mentioned_params_;
     std::vector<std::pair<std::uint64_t, std::string>> param_marks_;
-    std::string pending_pin_;
 };
 
 }  // namespace detail::trace

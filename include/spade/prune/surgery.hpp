@@ -252,16 +252,15 @@ void remove_channels(Graph<T>& g, std::span<const GroupCut> cuts, PruningHistory
         std::unique_ptr<Op<T>> op;
     };
     std::vector<NodePlan> ops;
-    std::vector<std::pair<std::pair<int, ValueId>, Shape>> new_values;
+    std::map<std::pair<int, ValueId>, Shape> new_values;
     for (const auto& [key, removed] : values) {
         Shape s = graphs[key.first].graph->value(key.second).shape;
         s[1] -= static_cast<Index>(removed.size());
-        new_values.emplace_back(key, std::move(s));
+        new_values.emplace(key, std::move(s));
     }
     auto value_shape = [&](int gi, ValueId v) -> const Shape& {
-        for (const auto& [key, s] : new_values)
-            if (key.first == gi && key.second == v) return s;
-        return graphs[gi].graph->value(v).shape;
+        auto it = new_values.find({gi, v});
+        return it != new_values.end() ? it->second : graphs[gi].graph->value(v).shape;
     };
     static const std::vector<Index> none;
     for (std::size_t gi = 0; gi < graphs.size(); ++gi) {

@@ -6,14 +6,15 @@
 
 #include "spade/core/threading.hpp"
 #include "spade/exec/kernels/im2col.hpp"
+#include "spade/graph/ops/common.hpp"
 
 namespace spade::kernels {
 
-/// out[c] = w[c] (*) in[c / multiplier] (+ bias[c]) for every output channel c of
+/// out[c] = act(w[c] (*) in[c / multiplier] (+ bias[c])) for every output channel c of
 /// one image; `in` is [in_channels, in_h, in_w], `w` is [out_channels, kh, kw].
 template <class T>
 void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
-                      const T* bias, T* out) {
+                      const T* bias, T* out, FusedActivation act = FusedActivation::none) {
     const Index kk = g.kernel_h * g.kernel_w;
     parallel_for(
         out_channels,
@@ -42,6 +43,7 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
                     }
                 }
             }
+            apply_fused(act, dst, g.out_h * g.out_w);
         },
         g.out_h * g.out_w * kk);
 }

@@ -130,8 +130,7 @@ public:
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
             if (depthwise(cin, w.shape)) {
-                kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb);
-                apply_fused(o_.activation, yb, cout * plane_out);
+                kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation);
                 continue;
             }
             if (direct(g)) {
@@ -145,7 +144,7 @@ public:
                 const T* bg = bias ? bias + gi * cout_g : nullptr;
                 T* dst = yb + gi * cout_g * plane_out;
                 if (g.is_pointwise()) {  // the image is already the column matrix
-                    pointwise(src, wg, bg, o_.activation, cout_g, k, plane_out, dst);
+                    gemm_epilogue(cout_g, plane_out, k, wg, src, bg, o_.activation, dst);
                 } else {
                     conv_tiled(src, cin_g, g, wg, bg, o_.activation, cout_g, k, ctx.workspace.data(), dst);
                 }
@@ -176,11 +175,6 @@ private:
                               FusedActivation act, T* y) {
         kernels::gemm_parallel(cout, plane, k, w, k, cols, plane, y, plane,
                                [&](Index c0, Index c1, Index p0, Index p1) { epilogue(y, bias, act, c0, c1, plane, p0, p1); });
-    }
-    // 1x1 convolution: the image is already the column matrix.
-    static void pointwise(const T* x, const T* w, const T* bias, FusedActivation act, Index cout, Index k, Index plane,
-                          T* y) {
-        gemm_epilogue(cout, plane, k, w, x, bias, act, y);
     }
     // On several threads, im2col + GEMM run over blocks of output pixels: each
     // thread lays out the columns of its own block (into its slice of the full
