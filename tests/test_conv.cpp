@@ -62,10 +62,26 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         // wide planes: split into pixel blocks that threads lay out and multiply on their own
         {1, 64, 40, 45, {.out_channels = 5, .kernel = 3, .padding = 1}},
         {2, 48, 37, 50, {.out_channels = 4, .kernel = 3, .stride = {2, 1}, .padding = 2, .dilation = 2, .groups = 2}},
-        // 3x3 stride 1 on rows of at least 3/4 of a tile: the direct kernel, odd channel counts, tails
+        // the direct kernel (3x3 stride 1 or 2, 7x7 stride 2): odd channel counts, partial
+        // panels and steps, rows narrower and wider than a step, any padding
         {2, 13, 9, 30, {.out_channels = 21, .kernel = 3, .padding = 1, .bias = false}},
         {1, 3, 5, 64, {.out_channels = 8, .kernel = 3, .padding = 1}},
         {1, 17, 4, 41, {.out_channels = 9, .kernel = 3, .padding = 1}},
+        {1, 5, 7, 7, {.out_channels = 3, .kernel = 3}},
+        {1, 4, 6, 5, {.out_channels = 17, .kernel = 3, .padding = {2, 1}}},
+        {1, 2, 1, 1, {.out_channels = 5, .kernel = 3, .padding = 1}},
+        {2, 6, 11, 13, {.out_channels = 10, .kernel = 3, .stride = 2, .padding = 1}},
+        {1, 6, 10, 12, {.out_channels = 9, .kernel = 3, .stride = 2, .bias = false}},
+        {1, 3, 2, 3, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1}},
+        {1, 3, 23, 19, {.out_channels = 13, .kernel = 7, .stride = 2, .padding = 3}},
+        {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
+        // stride 2 with 256 input channels stays on im2col + GEMM
+        {1, 256, 6, 5, {.out_channels = 3, .kernel = 3, .stride = 2, .padding = 1}},
+        // depthwise 3x3 through phase planes: stride 1 and 2, multipliers, no padding, a 1x1 input
+        {1, 6, 13, 9, {.out_channels = 6, .kernel = 3, .stride = 2, .padding = 1, .groups = 6}},
+        {2, 3, 10, 12, {.out_channels = 6, .kernel = 3, .stride = 2, .groups = 3}},
+        {1, 5, 9, 21, {.out_channels = 10, .kernel = 3, .groups = 5, .bias = false}},
+        {1, 4, 1, 1, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1, .groups = 4}},
     };
     std::uint64_t seed = 1;
     for (const auto& c : cases) {
@@ -93,6 +109,9 @@ TEST_CASE("Conv2d applies a fused activation after the bias on every kernel path
         {7, 12, 11, {.out_channels = 5, .kernel = 1, .activation = FusedActivation::relu}},                  // 1x1
         {4, 7, 10, {.out_channels = 8, .kernel = 3, .padding = 1, .groups = 4, .activation = FusedActivation::relu6}},
         {64, 40, 45, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 1, .activation = FusedActivation::relu}},
+        {3, 17, 15, {.out_channels = 6, .kernel = 7, .stride = 2, .padding = 3, .activation = FusedActivation::relu}},
+        {300, 7, 9, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 1, .activation = FusedActivation::relu}},
+        {6, 9, 11, {.out_channels = 6, .kernel = 3, .stride = 2, .padding = 1, .groups = 6, .activation = FusedActivation::relu6}},
     };
     std::uint64_t seed = 50;
     for (const auto& c : cases) {
@@ -118,4 +137,30 @@ TEST_CASE("Conv2d rejects a wrong input shape naming the node", "[conv]") {
     CHECK_THROWS_AS(ex.forward(bad), ShapeError);
     Tensor<float> tiny(Shape{1, 3, 2, 2});
     CHECK_THROWS_WITH(ex.forward(tiny), Catch::Contains("stem") && Catch::Contains("too small"));
+}
+
+TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and computes the same", "[conv]") {
+    GraphBuilder<double> b(7);
+    auto x = b.input("x", {1, 5, 12, 10});
+    auto y = nn::conv2d(x, "a", {.out_channels = 11, .kernel = 3, .padding = 1});          // direct 3x3
+    y = nn::conv2d(y, "b", {.out_channels = 6, .kernel = 1});                             // GEMM, nothing packed
+    y = nn::conv2d(y, "c", {.out_channels = 9, .kernel = 7, .stride = 2, .padding = 3});  // direct 7x7 stride 2
+    b.output(y);
+    auto g = std::move(b).build();
+    auto in = test::random_tensor<double>({1, 5, 12, 10}, 3);
+    Executor<double> plain(g), packed(g);
+    packed.set_prepack(true);
+    CHECK(packed.prepack());
+    const auto want = plain.forward(in);
+    CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
+    // panels of 8 outputs: 11 -> 16 rows of 5 * 9, 9 -> 16 rows of 6 * 49
+    CHECK(packed.plan().packed_bytes == Index((16 * 5 * 9 + 16 * 6 * 49) * sizeof(double)));
+    CHECK(plain.plan().packed_bytes == 0);
+    // new weight values: packing again (as InferenceModel::refresh does) follows them
+    auto& cw = g.parameter("c.weight");
+    for (Index i = 0; i < cw.numel(); ++i) cw.data()[i] *= -0.5;
+    packed.set_prepack(true);
+    const auto changed = plain.forward(in);
+    CHECK(test::max_rel_err(changed, want) > 0.1);
+    CHECK(test::max_rel_err(packed.forward(in), changed) == 0.0);
 }

@@ -10,6 +10,8 @@
 // InferenceModel keeps the compiled copy in step with its source graph: it
 // recompiles when the graph's version changed (channel surgery), and refresh()
 // recompiles after weights changed in place (training does not bump the version).
+// Its executor pre-packs weights (Op::pack) into the layout each kernel reads,
+// once per plan; a recompile repacks them.
 #pragma once
 
 #include <algorithm>
@@ -28,6 +30,7 @@ namespace spade {
 struct CompileOptions {
     bool fold_norms = true;        ///< fold BatchNorm2d and per-channel Scale into the preceding Conv2d
     bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
+    bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
 };
 
 namespace detail::compile {
@@ -220,6 +223,7 @@ public:
     void refresh() {
         auto compiled = std::make_unique<Graph<T>>(compile_for_inference(*source_, options_));
         auto exec = std::make_unique<Executor<T>>(*compiled);
+        exec->set_prepack(options_.prepack);
         compiled_ = std::move(compiled);
         exec_ = std::move(exec);
         version_ = source_->version();

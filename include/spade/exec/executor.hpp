@@ -1,13 +1,17 @@
 // Executor: runs a Graph forward. It infers every shape for the given input
 // shapes, plans activation buffers by lifetime (a buffer is reused once the
 // last reader of its value has run), and calls each node's op in order.
-// The plan is recompiled when input shapes or the graph change.
+// The plan is recompiled when input shapes or the graph change. With
+// pre-packing on (set_prepack; InferenceModel turns it on), each op also packs
+// its parameters once per plan (Op::pack); the packs are then stale if the
+// parameter values change in place, which does not change the graph's version.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -24,6 +28,7 @@ struct ExecPlan {
     std::vector<Index> buffer_elements;    ///< size of each activation buffer
     std::vector<std::vector<Shape>> node_param_shapes;
     Index workspace_elements = 0;          ///< largest scratch any op needs
+    Index packed_bytes = 0;                ///< bytes of pre-packed parameters (0 unless pre-packing)
     std::uint64_t graph_version = 0;
 
     /// Bytes of all activation buffers plus the workspace, for scalar size `bytes_per`.
@@ -80,14 +85,24 @@ public:
             for (ValueId v : n.outputs) out.push_back(mutable_value(v));
             for (ParamId p : n.params) ps.push_back(g.parameter(p).ref());
             if (!profiling_) {
-                n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_)});
+                n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
                 continue;
             }
             const auto t0 = std::chrono::steady_clock::now();
-            n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_)});
+            n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
             node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
     }
+
+    /// Turns pre-packing of parameters on or off (off by default); the next run replans.
+    /// Only for parameters that stay fixed between plans: after changing values in place,
+    /// call set_prepack(true) again (or use InferenceModel::refresh()).
+    void set_prepack(bool on) {
+        prepack_ = on;
+        plan_ = ExecPlan{};
+        packed_.clear();
+    }
+    bool prepack() const { return prepack_; }
 
     /// Starts (or stops) adding up the wall time of every node over the runs that follow.
     void set_profiling(bool on) {
@@ -149,8 +164,19 @@ public:
         std::vector<std::vector<T>> buffers(p.buffer_elements.size());
         for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].resize(static_cast<std::size_t>(p.buffer_elements[b]));
         std::vector<T> workspace(static_cast<std::size_t>(p.workspace_elements));
+        std::vector<std::unique_ptr<PackedParams>> packed(prepack_ ? g.nodes().size() : 0);
+        for (std::size_t i = 0; i < packed.size(); ++i) {
+            const auto& n = g.nodes()[i];
+            std::vector<Shape> in;
+            std::vector<TensorRef<const T>> ps;
+            for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
+            for (ParamId q : n.params) ps.push_back(g.parameter(q).ref());
+            packed[i] = n.op->pack(ShapeContext{n.name, in, p.node_param_shapes[i]}, ps);
+            if (packed[i]) p.packed_bytes += packed[i]->bytes();
+        }
         buffers_ = std::move(buffers);
         workspace_ = std::move(workspace);
+        packed_ = std::move(packed);
         plan_ = std::move(p);
         if (profiling_) node_seconds_.resize(g.nodes().size(), 0.0);  // the graph may have grown
     }
@@ -180,12 +206,15 @@ private:
         free_list.erase(std::find(free_list.begin(), free_list.end(), best));
         return best;
     }
+    const PackedParams* packed(std::size_t node) const { return node < packed_.size() ? packed_[node].get() : nullptr; }
     TensorRef<T> mutable_value(ValueId v) { return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]}; }
 
     const Graph<T>* graph_;
     ExecPlan plan_;
     std::vector<std::vector<T>> buffers_;
     std::vector<T> workspace_;
+    std::vector<std::unique_ptr<PackedParams>> packed_;  ///< per node, when pre-packing
+    bool prepack_ = false;
     std::vector<TensorRef<const T>> inputs_;
     bool profiling_ = false;
     std::vector<double> node_seconds_;

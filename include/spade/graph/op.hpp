@@ -49,6 +49,14 @@ struct ShapeContext {
     }
 };
 
+/// Base of what an op packs its parameters into ahead of inference (Op::pack):
+/// weights in the layout its kernel reads, made once per plan instead of every call.
+struct PackedParams {
+    virtual ~PackedParams() = default;
+    /// Memory the pack holds.
+    virtual Index bytes() const = 0;
+};
+
 /// What an op sees when it runs forward. Inputs, outputs and params are contiguous.
 template <class T>
 struct ForwardContext {
@@ -57,6 +65,9 @@ struct ForwardContext {
     std::span<const TensorRef<T>> outputs;
     std::span<const TensorRef<const T>> params;
     std::span<T> workspace;  ///< scratch of at least `workspace_size()` elements
+    /// What `Op::pack` made of the node's parameters for the executor's current plan,
+    /// or null (no packing, or the executor does not pre-pack): then the op packs as it goes.
+    const PackedParams* packed = nullptr;
 };
 
 /// One channel axis an op touches: axis 1 of an input or output value, an axis
@@ -187,6 +198,13 @@ public:
     virtual Index macs(const ShapeContext& /*ctx*/, std::span<const Shape> /*outputs*/) const { return 0; }
     /// Scratch elements `forward` needs (im2col buffers, ...).
     virtual Index workspace_size(const ShapeContext& /*ctx*/, std::span<const Shape> /*outputs*/) const { return 0; }
+    /// Parameters packed for `forward` at these shapes (passed back as ForwardContext::packed),
+    /// or null if the op reads them as they are. An executor that pre-packs calls this once
+    /// per plan, so the result is stale once the parameter values change.
+    virtual std::unique_ptr<PackedParams> pack(const ShapeContext& /*ctx*/,
+                                               std::span<const TensorRef<const T>> /*params*/) const {
+        return nullptr;
+    }
     /// Settings that, with the type name, rebuild the op through the registry.
     virtual Attributes attributes() const { return {}; }
     /// Subgraphs the op owns and runs (fixed-point and loop ops).

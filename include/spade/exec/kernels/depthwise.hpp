@@ -1,20 +1,62 @@
 // Direct depthwise convolution: one small filter per channel, where a GEMM
-// would be a stack of tiny products.
+// would be a stack of tiny products. Square kernels of 3 (stride 1 or 2) go
+// through the phase planes of the direct kernel (direct.hpp): every tap is a
+// contiguous vector load and the taps add up in registers; other shapes take
+// a plain loop over output rows.
 #pragma once
 
 #include <algorithm>
+#include <vector>
 
 #include "spade/core/threading.hpp"
+#include "spade/exec/kernels/direct.hpp"
 #include "spade/exec/kernels/im2col.hpp"
 #include "spade/graph/ops/common.hpp"
 
 namespace spade::kernels {
+
+/// depthwise_conv2d for a K x K kernel of stride S without dilation, through phase planes.
+template <class T, int K, int S>
+void depthwise_direct(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
+                      const T* bias, T* out, FusedActivation act) {
+    using V = typename detail::Lanes<T>::type;
+    constexpr int L = detail::Lanes<T>::count;
+    const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1);
+    const Index steps = (dg.flat + L - 1) / L;
+    parallel_for(
+        out_channels,
+        [&](long c) {
+            // this channel's phase planes, then its flat outputs
+            std::vector<T> buf(static_cast<std::size_t>(S * S * dg.plane + steps * L));
+            T* planes = buf.data();
+            T* flat = planes + S * S * dg.plane;
+            detail::fill_phase_planes<T, S>(in + (c / multiplier) * g.in_h * g.in_w, dg, planes);
+            T wc[K * K];
+            std::copy(w + c * K * K, w + (c + 1) * K * K, wc);
+            for (Index f0 = 0; f0 < steps * L; f0 += L) {
+                V acc{};
+                for (int i = 0; i < K; ++i)
+                    for (int j = 0; j < K; ++j) {
+                        V v;
+                        std::memcpy(&v, planes + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0, sizeof(V));
+                        acc += wc[i * K + j] * v;
+                    }
+                std::memcpy(flat + f0, &acc, sizeof(V));
+            }
+            detail::store_flat(flat, 0, dg.flat, dg, bias ? bias[c] : T(0), act, out + c * g.out_h * g.out_w);
+        },
+        g.out_h * g.out_w * K * K);
+}
 
 /// out[c] = act(w[c] (*) in[c / multiplier] (+ bias[c])) for every output channel c of
 /// one image; `in` is [in_channels, in_h, in_w], `w` is [out_channels, kh, kw].
 template <class T>
 void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                       const T* bias, T* out, FusedActivation act = FusedActivation::none) {
+    if (g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 && g.stride_h == g.stride_w) {
+        if (g.stride_h == 1) return depthwise_direct<T, 3, 1>(in, out_channels, multiplier, g, w, bias, out, act);
+        if (g.stride_h == 2) return depthwise_direct<T, 3, 2>(in, out_channels, multiplier, g, w, bias, out, act);
+    }
     const Index kk = g.kernel_h * g.kernel_w;
     parallel_for(
         out_channels,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "spade/core/threading.hpp"
+#include "spade/exec/kernels/direct.hpp"
 #include "spade/exec/kernels/im2col.hpp"
 
 namespace spade::kernels {
@@ -73,10 +74,88 @@ T sum(const T* x, Index n) {
 
 }  // namespace detail
 
+namespace detail {
+// max(m, v) that lets NaN through, as PyTorch's max pooling does
+template <class T>
+inline T max_nan(T m, T v) {
+    return (v > m || v != v) ? v : m;
+}
+
+// Max pooling with dilation, window by window.
+template <class T>
+void max_pool2d_dilated(const T* in, Index planes, const ConvGeometry& g, T* out) {
+    const auto cols = kernel_columns(g);
+    const Index in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    parallel_for(
+        planes,
+        [&](long c) {
+            const T* src = in + c * in_plane;
+            T* dst = out + c * out_plane;
+            std::fill(dst, dst + out_plane, -std::numeric_limits<T>::infinity());
+            for (Index oh = 0; oh < g.out_h; ++oh) {
+                T* d = dst + oh * g.out_w;
+                for (Index ki = 0; ki < g.kernel_h; ++ki) {
+                    const Index ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+                    if (ih < 0 || ih >= g.in_h) continue;
+                    const T* row = src + ih * g.in_w;
+                    for (Index kj = 0; kj < g.kernel_w; ++kj) {
+                        const Index off = kj * g.dilation_w - g.pad_w;
+                        const auto [lo, hi] = cols[kj];
+                        for (Index ow = lo; ow < hi; ++ow) d[ow] = max_nan(d[ow], row[ow * g.stride_w + off]);
+                    }
+                }
+            }
+        },
+        out_plane * g.kernel_h * g.kernel_w);
+}
+}  // namespace detail
+
+namespace detail {
+// max_pool2d for a K x K window of stride S without dilation, through the phase
+// planes of the direct kernel (direct.hpp), padded with -inf: every window
+// position is a contiguous vector load, whatever the row width.
+template <class T, int K, int S>
+void max_pool_direct(const T* in, Index planes, const ConvGeometry& g, T* out) {
+    using V = typename Lanes<T>::type;
+    constexpr int L = Lanes<T>::count;
+    const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, g.out_h, g.out_w);
+    const Index steps = (dg.flat + L - 1) / L;
+    parallel_for(
+        planes,
+        [&](long c) {
+            std::vector<T> buf(static_cast<std::size_t>(S * S * dg.plane + steps * L));
+            T* ph = buf.data();
+            T* flat = ph + S * S * dg.plane;
+            fill_phase_planes<T, S>(in + c * g.in_h * g.in_w, dg, ph, -std::numeric_limits<T>::infinity());
+            for (Index f0 = 0; f0 < steps * L; f0 += L) {
+                V m;
+                std::memcpy(&m, ph + f0, sizeof(V));
+                for (int t = 1; t < K * K; ++t) {
+                    const int i = t / K, j = t % K;
+                    V v;
+                    std::memcpy(&v, ph + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0, sizeof(V));
+                    m = (v > m) | (v != v) ? v : m;  // NaN wins, as in PyTorch
+                }
+                std::memcpy(flat + f0, &m, sizeof(V));
+            }
+            store_flat(flat, 0, dg.flat, dg, T(0), FusedActivation::none, out + c * g.out_h * g.out_w);
+        },
+        g.out_h * g.out_w * K * K);
+}
+}  // namespace detail
+
 /// Max over each window of `planes` [in_h, in_w] planes into [out_h, out_w]
 /// planes. Padding never wins (it reads as -inf) and NaN propagates, as in PyTorch.
+/// Square 2x2 and 3x3 windows of stride 1 or 2 without dilation go through
+/// vectorized phase planes; other windows take a loop over output rows.
 template <class T>
 void max_pool2d(const T* in, Index planes, const ConvGeometry& g, T* out) {
+    if (g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h == g.kernel_w && g.stride_h == g.stride_w) {
+        const Index k = g.kernel_h, s = g.stride_h;
+        if (k == 3 && s == 1) return detail::max_pool_direct<T, 3, 1>(in, planes, g, out);
+        if (k == 3 && s == 2) return detail::max_pool_direct<T, 3, 2>(in, planes, g, out);
+        if (k == 2 && s == 2) return detail::max_pool_direct<T, 2, 2>(in, planes, g, out);
+    }
     const auto cols = detail::kernel_columns(g);
     const Index in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
     parallel_for(
@@ -94,16 +173,10 @@ void max_pool2d(const T* in, Index planes, const ConvGeometry& g, T* out) {
                     for (Index kj = 0; kj < g.kernel_w; ++kj) {
                         const Index off = kj * g.dilation_w - g.pad_w;
                         const auto [lo, hi] = cols[kj];
-                        if (g.stride_w == 1)
-                            for (Index ow = lo; ow < hi; ++ow) {
-                                const T v = row[ow + off];
-                                d[ow] = (v > d[ow] || v != v) ? v : d[ow];
-                            }
-                        else
-                            for (Index ow = lo; ow < hi; ++ow) {
-                                const T v = row[ow * g.stride_w + off];
-                                d[ow] = (v > d[ow] || v != v) ? v : d[ow];
-                            }
+                        for (Index ow = lo; ow < hi; ++ow) {
+                            const T v = row[ow * g.stride_w + off];
+                            d[ow] = (v > d[ow] || v != v) ? v : d[ow];
+                        }
                     }
                 }
             }

@@ -3,7 +3,7 @@
 #pragma once
 
 #include "spade/exec/kernels/depthwise.hpp"
-#include "spade/exec/kernels/direct3x3.hpp"
+#include "spade/exec/kernels/direct.hpp"
 #include "spade/exec/kernels/gemm.hpp"
 #include "spade/exec/kernels/im2col.hpp"
 #include "spade/graph/ops/common.hpp"
@@ -112,9 +112,23 @@ public:
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
-        if (direct(g))
-            return kernels::direct3x3_workspace<T>(ctx.inputs[0][1], g.in_h, g.in_w, ctx.params[0][0]);
+        if (const Direct d = direct(g, ctx.inputs[0][1]); d != Direct::none)
+            return with_direct(d, [&]<int K, int S>() {
+                return kernels::direct_geometry<T, K, K, S>(ctx.inputs[0][1], g.in_h, g.in_w, g.pad_h, g.pad_w,
+                                                            ctx.params[0][0]).workspace(S);
+            });
         return ctx.params[0][1] * g.kernel_h * g.kernel_w * out[0][2] * out[0][3];
+    }
+
+    /// Convolutions on the direct kernel get their weights packed into its panels.
+    std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
+        const auto g = geometry(ctx.inputs[0], ctx.node);
+        if (direct(g, ctx.inputs[0][1]) == Direct::none) return nullptr;
+        const Shape& w = params[0].shape;
+        auto pk = std::make_unique<Packed>();
+        pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(w[0], w[1], int(w[2] * w[3]))));
+        kernels::pack_direct_weights(params[0].data, w[0], w[1], int(w[2] * w[3]), pk->weights.data());
+        return pk;
     }
 
     void forward(const ForwardContext<T>& ctx) const override {
@@ -126,6 +140,7 @@ public:
         const Index n = x.shape[0], cin = x.shape[1], cout = w.shape[0], cin_g = w.shape[1];
         const Index cout_g = cout / o_.groups, plane_in = g.in_h * g.in_w, plane_out = g.out_h * g.out_w;
         const Index k = cin_g * g.kernel_h * g.kernel_w;
+        std::vector<T> local;  // direct-kernel weights when not pre-packed
         for (Index b = 0; b < n; ++b) {
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
@@ -133,9 +148,18 @@ public:
                 kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation);
                 continue;
             }
-            if (direct(g)) {
-                kernels::conv3x3_direct(xb, cin, g.in_h, g.in_w, w.data, bias, o_.activation, cout, yb,
-                                        ctx.workspace.data());
+            if (const Direct d = direct(g, cin); d != Direct::none) {
+                const T* packed = nullptr;
+                if (const auto* pk = dynamic_cast<const Packed*>(ctx.packed)) packed = pk->weights.data();
+                if (!packed) {  // not pre-packed: pack once for the whole batch
+                    local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, int(k / cin))));
+                    if (b == 0) kernels::pack_direct_weights(w.data, cout, cin, int(k / cin), local.data());
+                    packed = local.data();
+                }
+                with_direct(d, [&]<int K, int S>() {
+                    const auto dg = kernels::direct_geometry<T, K, K, S>(cin, g.in_h, g.in_w, g.pad_h, g.pad_w, cout);
+                    kernels::conv_direct<T, K, K, S>(xb, dg, packed, bias, o_.activation, yb, ctx.workspace.data());
+                });
                 continue;
             }
             for (Index gi = 0; gi < o_.groups; ++gi) {
@@ -154,11 +178,33 @@ public:
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
-    // 3x3, stride 1, padding 1, one group, rows wide enough: the direct kernel
-    bool direct(const kernels::ConvGeometry& g) const {
-        return o_.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
-               g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
-               kernels::direct3x3_suits<T>(g.out_w);
+
+    struct Packed : PackedParams {
+        std::vector<T> weights;  // panels of kernels::pack_direct_weights
+        Index bytes() const override { return static_cast<Index>(weights.size() * sizeof(T)); }
+    };
+    // Shapes the direct kernel takes (one conv group, no dilation): 3x3 stride 1,
+    // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
+    // channels im2col + GEMM measured up to 10% faster, so those stay on it.
+    enum class Direct { none, k3s1, k3s2, k7s2 };
+    Direct direct(const kernels::ConvGeometry& g, Index cin) const {
+        if (o_.groups != 1 || g.dilation_h != 1 || g.dilation_w != 1 || g.kernel_h != g.kernel_w ||
+            g.stride_h != g.stride_w)
+            return Direct::none;
+        if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
+        if (g.stride_h != 2 || cin >= 256) return Direct::none;
+        if (g.kernel_h == 3) return Direct::k3s2;
+        if (g.kernel_h == 7) return Direct::k7s2;
+        return Direct::none;
+    }
+    // f.template operator()<K, S>() for the kernel size and stride of `d`
+    template <class F>
+    static decltype(auto) with_direct(Direct d, F&& f) {
+        switch (d) {
+            case Direct::k3s2: return f.template operator()<3, 2>();
+            case Direct::k7s2: return f.template operator()<7, 2>();
+            default: return f.template operator()<3, 1>();
+        }
     }
     // y[c, p] = act(y[c, p] + bias[c]) for channels [c0, c1) and pixels [p0, p1) of planes `plane` apart
     static void epilogue(T* y, const T* bias, FusedActivation act, Index c0, Index c1, Index plane, Index p0, Index p1) {

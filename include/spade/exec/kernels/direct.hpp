@@ -1,0 +1,233 @@
+// Direct convolution for small square-ish kernels (KH x KW taps, stride S, one
+// conv group), with no im2col matrix.
+//
+// The input is copied once, zero-padded, into S x S phase planes per channel:
+// plane (a, b) holds the padded rows a, a+S, a+2S, ... and of each the columns
+// b, b+S, b+2S, ..., so every tap reads a contiguous run of its plane. All
+// planes of a call share one row width `wq`, and the output is computed over
+// the "flat" index f = oh * wq + ow: tap (i, j) of output f reads element
+// f + (i / S) * wq + j / S of plane (i % S, j % S). A step multiplies two
+// vectors of consecutive flat outputs by MR broadcast weights, whatever the
+// row width: rows narrower than a vector (7x7 and 14x14 maps) cost only the
+// wq - out_w columns of padding that are computed and dropped, not empty lanes.
+//
+// The weights are packed once (pack_direct_weights, at compile time of an
+// inference plan) into panels of MR output channels, tap-major inside a channel.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "spade/core/threading.hpp"
+#include "spade/graph/ops/common.hpp"
+
+namespace spade::kernels {
+
+namespace detail {
+template <class T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    typedef float type __attribute__((vector_size(64)));
+    static constexpr int count = 16;
+};
+template <>
+struct Lanes<double> {
+    typedef double type __attribute__((vector_size(64)));
+    static constexpr int count = 8;
+};
+}  // namespace detail
+
+/// Output channels per weight panel of the direct kernel.
+inline constexpr int direct_mr = 8;
+/// Flat output pixels one step computes (two vectors).
+template <class T>
+constexpr Index direct_nr() {
+    return 2 * detail::Lanes<T>::count;
+}
+
+/// Geometry of a direct convolution of one image.
+struct DirectGeometry {
+    Index cin = 0, h = 0, w = 0, pad_h = 0, pad_w = 0, cout = 0;
+    Index out_h = 0, out_w = 0;
+    Index wq = 0;      ///< row width of every phase plane
+    Index hq = 0;      ///< rows of a phase plane that hold (padded) input
+    Index flat = 0;    ///< flat outputs computed: (out_h - 1) * wq + out_w
+    Index plane = 0;   ///< elements per phase plane, slack for the last step's reads included
+
+    /// Elements of scratch the input planes take.
+    Index workspace(int s) const { return cin * s * s * plane; }
+};
+
+/// Lays out a KH x KW, stride S direct convolution of `cin` channels of h x w (padding pad_h, pad_w).
+/// Output extents default to the windows that fit the padded input; pooling in ceil mode passes
+/// larger ones, whose windows read padding past the bottom and right edges.
+template <class T, int KH, int KW, int S>
+DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index pad_w, Index cout, Index out_h = 0,
+                               Index out_w = 0) {
+    DirectGeometry g;
+    g.cin = cin, g.h = h, g.w = w, g.pad_h = pad_h, g.pad_w = pad_w, g.cout = cout;
+    const Index hp = h + 2 * pad_h, wp = w + 2 * pad_w;
+    g.out_h = out_h > 0 ? out_h : (hp - KH) / S + 1;
+    g.out_w = out_w > 0 ? out_w : (wp - KW) / S + 1;
+    g.wq = std::max((wp + S - 1) / S, g.out_w + (KW - 1) / S);
+    g.hq = std::max((hp + S - 1) / S, g.out_h + (KH - 1) / S);
+    g.flat = (g.out_h - 1) * g.wq + g.out_w;
+    constexpr Index NR = direct_nr<T>();
+    const Index steps = (g.flat + NR - 1) / NR;
+    g.plane = std::max(g.hq * g.wq, steps * NR + (KH - 1) / S * g.wq + (KW - 1) / S);
+    return g;
+}
+
+/// Elements of packed weights for `cout` x `cin` x KH x KW.
+inline Index direct_packed_size(Index cout, Index cin, int taps) {
+    return (cout + direct_mr - 1) / direct_mr * cin * taps * direct_mr;
+}
+
+/// Packs w [cout, cin, taps] into panels of direct_mr outputs: packed[p][c][t][r] = w[p * MR + r][c][t]
+/// (zero past cout). `packed` holds direct_packed_size elements.
+template <class T>
+void pack_direct_weights(const T* w, Index cout, Index cin, int taps, T* packed) {
+    constexpr int MR = direct_mr;
+    const Index panels = (cout + MR - 1) / MR;
+    std::fill(packed, packed + panels * cin * taps * MR, T(0));
+    for (Index o = 0; o < cout; ++o)
+        for (Index c = 0; c < cin; ++c)
+            for (int t = 0; t < taps; ++t) packed[(((o / MR) * cin + c) * taps + t) * MR + o % MR] = w[(o * cin + c) * taps + t];
+}
+
+namespace detail {
+// dst[q] = src[2 q] for q in [0, n), a vector at a time
+template <class T>
+void deinterleave(const T* src, Index n, T* dst) {
+    using V = typename Lanes<T>::type;
+    constexpr int L = Lanes<T>::count;
+    using Mask = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+    typedef Mask M __attribute__((vector_size(64)));
+    M even;
+    for (int i = 0; i < L; ++i) even[i] = 2 * i;
+    Index q = 0;
+    for (; q + L <= n && 2 * q + 2 * L - 1 <= 2 * (n - 1); q += L) {  // loads stay within src[0, 2n - 1)
+        V a, b;
+        std::memcpy(&a, src + 2 * q, sizeof(V));
+        std::memcpy(&b, src + 2 * q + L, sizeof(V));
+        const V e = __builtin_shuffle(a, b, even);
+        std::memcpy(dst + q, &e, sizeof(V));
+    }
+    for (; q < n; ++q) dst[q] = src[2 * q];
+}
+
+// Copies one channel x [h, w] into its S x S phase planes (see the file comment), padded with `pad`.
+template <class T, int S>
+void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T(0)) {
+    for (int a = 0; a < S; ++a)
+        for (int b = 0; b < S; ++b) {
+            T* pl = planes + (a * S + b) * g.plane;
+            for (Index r = 0; r < g.hq; ++r) {
+                T* dst = pl + r * g.wq;
+                const Index ih = r * S + a - g.pad_h;
+                if (ih < 0 || ih >= g.h) {
+                    std::fill(dst, dst + g.wq, pad);
+                    continue;
+                }
+                const T* src = x + ih * g.w;
+                // plane column q reads input column q * S + b - pad_w
+                const Index q0 = std::clamp<Index>((g.pad_w - b + S - 1) / S, 0, g.wq);
+                const Index q1 = std::clamp<Index>((g.w + g.pad_w - b + S - 1) / S, q0, g.wq);
+                std::fill(dst, dst + q0, pad);
+                if constexpr (S == 1) {
+                    std::memcpy(dst + q0, src + q0 - g.pad_w, sizeof(T) * (q1 - q0));
+                } else if constexpr (S == 2) {
+                    deinterleave(src + q0 * 2 + b - g.pad_w, q1 - q0, dst + q0);
+                } else {
+                    const T* s = src + q0 * S + b - g.pad_w;
+                    for (Index q = q0; q < q1; ++q, s += S) dst[q] = *s;
+                }
+                std::fill(dst + q1, dst + g.wq, pad);
+            }
+            std::fill(pl + g.hq * g.wq, pl + g.plane, pad);
+        }
+}
+
+// Writes flat outputs [f0, f0 + count) of one channel (see the file comment) to its
+// rows y [out_h, out_w], adding `bias` and applying `act`; drops the columns past out_w.
+template <class T>
+void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, FusedActivation act, T* y) {
+    if (bias != T(0))
+        for (Index k = 0; k < count; ++k) out[k] += bias;
+    apply_fused(act, out, count);
+    Index oh = f0 / g.wq, ow = f0 % g.wq;
+    for (Index k = 0; k < count;) {
+        if (ow < g.out_w) {
+            const Index n = std::min(g.out_w - ow, count - k);
+            std::memcpy(y + oh * g.out_w + ow, out + k, sizeof(T) * n);
+            k += n, ow += n;
+        } else {
+            k += g.wq - ow, ow = 0, ++oh;
+        }
+    }
+}
+}  // namespace detail
+
+/// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c]) for one image x [cin, h, w] into y [cout, out_h, out_w],
+/// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
+/// pack_direct_weights; `bias` may be null; `work` holds g.workspace(S) elements.
+template <class T, int KH, int KW, int S>
+void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
+                 T* work) {
+    using V = typename detail::Lanes<T>::type;
+    constexpr int L = detail::Lanes<T>::count, MR = direct_mr, taps = KH * KW;
+    constexpr Index NR = direct_nr<T>();
+    parallel_for(
+        g.cin, [&](long c) { detail::fill_phase_planes<T, S>(x + c * g.h * g.w, g, work + c * S * S * g.plane); },
+        S * S * g.plane);
+    const Index panels = (g.cout + MR - 1) / MR, steps = (g.flat + NR - 1) / NR;
+    const Index wq = g.wq, plane = g.plane, out_plane = g.out_h * g.out_w;
+    // jobs: (block of steps, panel), so a panel's weights stay in L1 over a block of
+    // steps and a block's input (about 256 KiB) stays in L2 over the panels
+    // (equal blocks, and at least 4 jobs per thread for balance)
+    const Index most = std::clamp<Index>(Index(1 << 16) / (NR * g.cin * S * S), 1, steps);
+    const Index blocks = std::min(steps, std::max((steps + most - 1) / most, (4 * num_threads() + panels - 1) / panels));
+    const Index block = (steps + blocks - 1) / blocks;
+    auto step = [&](Index f0, Index p) {
+        V acc[MR][2];
+        for (int r = 0; r < MR; ++r) acc[r][0] = V{}, acc[r][1] = V{};
+        const T* a = packed + p * g.cin * taps * MR;
+        const T* xc = work + f0;
+        for (Index c = 0; c < g.cin; ++c, xc += S * S * plane) {
+            for (int i = 0; i < KH; ++i) {
+                for (int j = 0; j < KW; ++j, a += MR) {
+                    const T* src = xc + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
+                    V b0, b1;
+                    std::memcpy(&b0, src, sizeof(V));
+                    std::memcpy(&b1, src + L, sizeof(V));
+                    for (int r = 0; r < MR; ++r) {
+                        acc[r][0] += a[r] * b0;
+                        acc[r][1] += a[r] * b1;
+                    }
+                }
+            }
+        }
+        const Index rows = std::min<Index>(MR, g.cout - p * MR);
+        const Index count = std::min<Index>(NR, g.flat - f0);
+        for (Index r = 0; r < rows; ++r) {
+            const Index o = p * MR + r;
+            T out[NR];
+            std::memcpy(out, &acc[r][0], sizeof(V));
+            std::memcpy(out + L, &acc[r][1], sizeof(V));
+            detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), act, y + o * out_plane);
+        }
+    };
+    parallel_for(
+        ((steps + block - 1) / block) * panels,
+        [&](long job) {
+            const Index b = job / panels, p = job % panels;
+            for (Index s = b * block; s < std::min(steps, (b + 1) * block); ++s) step(s * NR, p);
+        },
+        block * g.cin * taps * MR * NR);
+}
+
+}  // namespace spade::kernels
