@@ -47,7 +47,8 @@ TEST_CASE("compile: folded and fused zoo models compute what the originals compu
     CHECK(count_type(r, "BatchNorm2d") == 53);
     CHECK(count_type(c, "BatchNorm2d") == 0);  // every BN follows a conv
     CHECK(count_type(c, "ReLU") == 0);         // after a conv, or after the residual Add
-    CHECK(count_type(c, "AddReLU") == 16);
+    CHECK(count_type(c, "AddReLU") == 0);      // every residual Add and its ReLU join a conv
+    CHECK(count_type(c, "Add") == 0);
     CHECK(count_type(c, "Conv2d") == 53);
     const auto& conv1 = static_cast<const Conv2d<double>&>(*c.node(c.node_id("conv1")).op);
     CHECK(conv1.options().activation == FusedActivation::relu);
@@ -76,12 +77,55 @@ TEST_CASE("compile: Scale and BN chains fold, ReLU6 fuses, shared readers block 
     CHECK(count_type(k, "Scale") == 0);
     CHECK(count_type(k, "ReLU6") == 0);
     CHECK(count_type(k, "BatchNorm2d") == 1);  // bn_c stays
-    CHECK(count_type(k, "AddReLU") == 1);
+    // d + e then ReLU: the sum and the ReLU join d's output pass; d now runs after e, its residual
+    CHECK(count_type(k, "Add") + count_type(k, "AddReLU") == 0);
+    const auto& fused = static_cast<const Conv2d<double>&>(*k.node(k.node_id("d")).op).options();
+    CHECK(fused.residual);
+    CHECK(fused.activation == FusedActivation::relu);
+    CHECK(k.node_id("d") > k.node_id("e"));
+    const auto no_residual = compile_for_inference(g, {.fuse_residuals = false});
+    check_same(g, no_residual, 1e-12);
+    CHECK(count_type(no_residual, "AddReLU") == 1);
     CHECK(static_cast<const Conv2d<double>&>(*k.node(k.node_id("a")).op).options().activation == FusedActivation::relu6);
     // the compiled graph saves and loads with its fused activations
     const auto again = graph_from_json<double>(graph_to_json(k), "compiled");
     CHECK(again.node(again.node_id("a")).op->attributes() == k.node(k.node_id("a")).op->attributes());
-    CHECK(compile_for_inference(g, {.fold_norms = false, .fuse_activations = false}).nodes().size() == g.nodes().size());
+    CHECK(again.node(again.node_id("d")).op->attributes() == k.node(k.node_id("d")).op->attributes());
+    CHECK(compile_for_inference(g, {.fold_norms = false, .fuse_activations = false, .fuse_residuals = false}).nodes().size() ==
+          g.nodes().size());
+}
+
+TEST_CASE("compile: residual additions join the conv that produces one operand", "[compile]") {
+    // ResNet blocks end in conv -> BN -> Add -> ReLU; MobileNetV2's in conv -> BN -> Add
+    auto count_residual = [](const Graph<double>& k) {
+        int n = 0;
+        for (const auto& node : k.nodes())
+            if (node.op->type() == "Conv2d" && static_cast<const Conv2d<double>&>(*node.op).options().residual) ++n;
+        return n;
+    };
+    for (auto [name, blocks] : {std::pair{"resnet18", 8}, std::pair{"resnet50", 16}, std::pair{"mobilenet_v2", 10}}) {
+        INFO(name);
+        const auto g = test::zoo_model(name);
+        const auto k = compile_for_inference(g);
+        CHECK(count_residual(k) == blocks);
+        CHECK(count_type(k, "Add") + count_type(k, "AddReLU") == 0);
+    }
+    // an operand broadcast over the planes is not a residual: the Add stays
+    GraphBuilder<double> b(5);
+    auto x = b.input("x", {1, 3, 5, 5});
+    auto c = nn::conv2d(x, "c", {.out_channels = 4, .kernel = 3, .padding = 1});
+    auto gate = nn::conv2d(nn::adaptive_avg_pool2d(x, "pool", 1), "gate", {.out_channels = 4, .kernel = 1});
+    b.output(nn::relu(nn::add(c, gate, "plus"), "act"));
+    auto g = std::move(b).build();
+    test::randomize(g, 2);
+    const auto k = compile_for_inference(g);
+    check_same(g, k, 1e-12);
+    CHECK(count_residual(k) == 0);
+    CHECK(count_type(k, "AddReLU") == 1);
+    // a user cannot build a residual conv: the compile step sets it
+    GraphBuilder<float> u;
+    auto y = u.input("y", {1, 2, 4, 4});
+    CHECK_THROWS_WITH(nn::conv2d(y, "r", {.out_channels = 2, .residual = true}), Catch::Contains("'r'") && Catch::Contains("residual"));
 }
 
 TEST_CASE("compile: FixedPoint bodies and shared priors compile too", "[compile]") {

@@ -2,11 +2,16 @@
 // the training graph as it is.
 //   - BatchNorm2d (with its running statistics) and per-channel Scale that
 //     follow a Conv2d are folded into the conv's weight and bias;
-//   - a ReLU or ReLU6 that follows a Conv2d (after folding) becomes the conv's
-//     fused activation, and an Add followed by a ReLU becomes one AddReLU;
+//   - a residual Add of a Conv2d's output (after folding) and another tensor of
+//     its shape joins the conv's output pass (Conv2dOptions::residual);
+//   - a ReLU or ReLU6 that follows a Conv2d (after folding and the residual Add)
+//     becomes the conv's fused activation, and an Add followed by a ReLU becomes
+//     one AddReLU;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
+// A fused conv takes the place of the last node of its chain, where the
+// residual operand has been computed.
 // InferenceModel keeps the compiled copy in step with its source graph: it
 // recompiles when the graph's version changed (channel surgery), and refresh()
 // recompiles after weights changed in place (training does not bump the version).
@@ -30,6 +35,7 @@ namespace spade {
 struct CompileOptions {
     bool fold_norms = true;        ///< fold BatchNorm2d and per-channel Scale into the preceding Conv2d
     bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
+    bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
 };
 
@@ -75,18 +81,22 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     struct Plan {
         std::vector<NodeId> folded;  // BatchNorm2d / Scale nodes, in order
         FusedActivation act = FusedActivation::none;
-        NodeId last = -1;  // node whose output the fused chain ends in
+        ValueId residual = -1;  // the Add's other operand, if one is fused
+        NodeId last = -1;       // node whose output the fused chain ends in
     };
     std::map<NodeId, Plan> plans;
     std::vector<char> absorbed(n, 0);
+    std::vector<NodeId> last_of(n, -1);  // for the last node of a chain: its head, emitted in its place
     std::vector<ValueId> alias(g.values().size());
     for (std::size_t v = 0; v < alias.size(); ++v) alias[v] = static_cast<ValueId>(v);
-    auto next_of = [&](NodeId id) -> NodeId {  // the one reader of a node's one output, if so
+    auto next_of = [&](NodeId id) -> NodeId {  // the one reader of a node's one output, if so and not yet in a chain
         const auto& node = g.node(id);
         if (node.outputs.size() != 1) return -1;
-        return only_reader[static_cast<std::size_t>(node.outputs[0])];
+        const NodeId r = only_reader[static_cast<std::size_t>(node.outputs[0])];
+        return r >= 0 && !absorbed[static_cast<std::size_t>(r)] ? r : -1;
     };
     for (std::size_t i = 0; i < n; ++i) {
+        if (absorbed[i]) continue;
         const auto& node = g.nodes()[i];
         const std::string type = node.op->type();
         const bool conv = type == "Conv2d" &&
@@ -110,6 +120,18 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 cur = nx;
             }
         }
+        if (conv && o.fuse_residuals) {
+            const NodeId nx = next_of(cur);
+            if (nx >= 0 && g.node(nx).op->type() == "Add") {
+                const auto& sum = g.node(nx);
+                const ValueId mine = g.node(cur).outputs[0];
+                const ValueId other = sum.inputs[0] == mine ? sum.inputs[1] : sum.inputs[0];
+                if (other != mine && g.value(other).shape == g.value(mine).shape) {
+                    plan.residual = other;
+                    cur = nx;
+                }
+            }
+        }
         if (o.fuse_activations) {
             const NodeId nx = next_of(cur);
             if (nx >= 0) {
@@ -122,10 +144,13 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         }
         if (add && plan.act == FusedActivation::none) continue;
         plan.last = cur;
-        for (NodeId f : plan.folded) absorbed[static_cast<std::size_t>(f)] = 1;
         if (cur != static_cast<NodeId>(i)) {
-            absorbed[static_cast<std::size_t>(cur)] = 1;
+            for (NodeId k = next_of(static_cast<NodeId>(i));; k = next_of(k)) {  // the chain after the head: folded norms, Add, activation
+                absorbed[static_cast<std::size_t>(k)] = 1;
+                if (k == cur) break;
+            }
             alias[static_cast<std::size_t>(g.node(cur).outputs[0])] = node.outputs[0];
+            last_of[static_cast<std::size_t>(cur)] = static_cast<NodeId>(i);
         }
         plans[static_cast<NodeId>(i)] = std::move(plan);
     }
@@ -144,14 +169,16 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         if (it != copied.end()) return it->second;
         return copied[p] = out.add_parameter(Parameter<T>(g.parameter(p)));
     };
-    for (std::size_t i = 0; i < n; ++i) {
-        if (absorbed[i]) continue;
+    for (std::size_t at = 0; at < n; ++at) {
+        if (absorbed[at] && last_of[at] < 0) continue;
+        const std::size_t i = absorbed[at] ? static_cast<std::size_t>(last_of[at]) : at;
+        auto it = plans.find(static_cast<NodeId>(i));
+        if (i == at && it != plans.end() && it->second.last != static_cast<NodeId>(i)) continue;  // emitted at its last node
         const auto& node = g.nodes()[i];
         std::vector<ValueId> in;
         for (ValueId v : node.inputs) in.push_back(map[static_cast<std::size_t>(resolve(v))]);
         std::unique_ptr<Op<T>> op;
         std::vector<ParamId> params;
-        auto it = plans.find(static_cast<NodeId>(i));
         if (it == plans.end()) {
             op = node.op->clone();
             for (ParamId p : node.params) params.push_back(copy_param(p));
@@ -189,6 +216,10 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             }
             const bool folded = !it->second.folded.empty();
             co.activation = it->second.act;
+            if (it->second.residual >= 0) {
+                co.residual = true;
+                in.push_back(map[static_cast<std::size_t>(resolve(it->second.residual))]);
+            }
             if (folded) {
                 co.bias = true;
                 Parameter<T> w(node.name + ".weight", w0.shape());

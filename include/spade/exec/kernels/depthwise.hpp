@@ -18,7 +18,7 @@ namespace spade::kernels {
 /// depthwise_conv2d for a K x K kernel of stride S without dilation, through phase planes.
 template <class T, int K, int S>
 void depthwise_direct(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
-                      const T* bias, T* out, FusedActivation act) {
+                      const T* bias, T* out, FusedActivation act, const T* res) {
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count;
     const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1);
@@ -43,19 +43,22 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
                     }
                 std::memcpy(flat + f0, &acc, sizeof(V));
             }
-            detail::store_flat(flat, 0, dg.flat, dg, bias ? bias[c] : T(0), act, out + c * g.out_h * g.out_w);
+            const Index plane = g.out_h * g.out_w;
+            detail::store_flat(flat, 0, dg.flat, dg, bias ? bias[c] : T(0), act, out + c * plane,
+                               res ? res + c * plane : nullptr);
         },
         g.out_h * g.out_w * K * K);
 }
 
-/// out[c] = act(w[c] (*) in[c / multiplier] (+ bias[c])) for every output channel c of
-/// one image; `in` is [in_channels, in_h, in_w], `w` is [out_channels, kh, kw].
+/// out[c] = act(w[c] (*) in[c / multiplier] (+ bias[c]) (+ res[c])) for every output channel c of
+/// one image; `in` is [in_channels, in_h, in_w], `w` is [out_channels, kh, kw], `res` (optional) is
+/// shaped like `out`.
 template <class T>
 void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
-                      const T* bias, T* out, FusedActivation act = FusedActivation::none) {
+                      const T* bias, T* out, FusedActivation act = FusedActivation::none, const T* res = nullptr) {
     if (g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 && g.stride_h == g.stride_w) {
-        if (g.stride_h == 1) return depthwise_direct<T, 3, 1>(in, out_channels, multiplier, g, w, bias, out, act);
-        if (g.stride_h == 2) return depthwise_direct<T, 3, 2>(in, out_channels, multiplier, g, w, bias, out, act);
+        if (g.stride_h == 1) return depthwise_direct<T, 3, 1>(in, out_channels, multiplier, g, w, bias, out, act, res);
+        if (g.stride_h == 2) return depthwise_direct<T, 3, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);
     }
     const Index kk = g.kernel_h * g.kernel_w;
     parallel_for(
@@ -85,6 +88,8 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
                     }
                 }
             }
+            if (res)
+                for (Index i = 0, m = g.out_h * g.out_w; i < m; ++i) dst[i] += res[c * m + i];
             apply_fused(act, dst, g.out_h * g.out_w);
         },
         g.out_h * g.out_w * kk);

@@ -153,17 +153,22 @@ void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T
 }
 
 // Writes flat outputs [f0, f0 + count) of one channel (see the file comment) to its
-// rows y [out_h, out_w], adding `bias` and applying `act`; drops the columns past out_w.
+// rows y [out_h, out_w] as act(out + bias + res), `res` (optional) laid out like y;
+// drops the columns past out_w.
 template <class T>
-void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, FusedActivation act, T* y) {
-    if (bias != T(0))
-        for (Index k = 0; k < count; ++k) out[k] += bias;
-    apply_fused(act, out, count);
+void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, FusedActivation act, T* y,
+                const T* res = nullptr) {
     Index oh = f0 / g.wq, ow = f0 % g.wq;
     for (Index k = 0; k < count;) {
         if (ow < g.out_w) {
-            const Index n = std::min(g.out_w - ow, count - k);
-            std::memcpy(y + oh * g.out_w + ow, out + k, sizeof(T) * n);
+            const Index n = std::min(g.out_w - ow, count - k), at = oh * g.out_w + ow;
+            T* o = out + k;
+            if (res)
+                for (Index i = 0; i < n; ++i) o[i] += bias + res[at + i];
+            else if (bias != T(0))
+                for (Index i = 0; i < n; ++i) o[i] += bias;
+            apply_fused(act, o, n);
+            std::memcpy(y + at, o, sizeof(T) * n);
             k += n, ow += n;
         } else {
             k += g.wq - ow, ow = 0, ++oh;
@@ -172,12 +177,12 @@ void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, 
 }
 }  // namespace detail
 
-/// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c]) for one image x [cin, h, w] into y [cout, out_h, out_w],
+/// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c] + res[o]) for one image x [cin, h, w] into y [cout, out_h, out_w],
 /// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
-/// pack_direct_weights; `bias` may be null; `work` holds g.workspace(S) elements.
+/// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements.
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
-                 T* work) {
+                 T* work, const T* res = nullptr) {
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count, MR = direct_mr, taps = KH * KW;
     constexpr Index NR = direct_nr<T>();
@@ -218,7 +223,8 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
             T out[NR];
             std::memcpy(out, &acc[r][0], sizeof(V));
             std::memcpy(out + L, &acc[r][1], sizeof(V));
-            detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), act, y + o * out_plane);
+            detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), act, y + o * out_plane,
+                               res ? res + o * out_plane : nullptr);
         }
     };
     parallel_for(

@@ -20,6 +20,9 @@ struct Conv2dOptions {
     Index groups = 1;
     bool bias = true;
     FusedActivation activation = FusedActivation::none;  ///< applied to y in the same pass (inference compile step)
+    /// y = act(W (*) x + b + r) with r, shaped like y, the node's second input: a residual
+    /// addition fused into the conv's output pass (inference compile step).
+    bool residual = false;
 };
 
 /// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
@@ -40,7 +43,8 @@ public:
                                     .dilation = Pair2::from(a, op, "dilation"),
                                     .groups = a.get<Index>(op, "groups"),
                                     .bias = a.get<bool>(op, "bias"),
-                                    .activation = fused_activation_from(a, op)});
+                                    .activation = fused_activation_from(a, op),
+                                    .residual = a.get_or<bool>(op, "residual", false)});
     }
 
     std::string type() const override { return "Conv2d"; }
@@ -50,6 +54,7 @@ public:
         a.set("kernel", o_.kernel.vec()).set("stride", o_.stride.vec()).set("padding", o_.padding.vec());
         a.set("dilation", o_.dilation.vec()).set("groups", o_.groups).set("bias", o_.bias);
         if (o_.activation != FusedActivation::none) a.set("activation", std::string(fused_activation_name(o_.activation)));
+        if (o_.residual) a.set("residual", true);
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
@@ -66,6 +71,7 @@ public:
         const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0);
         r.same(out, ChannelAxis::param(0, 0, "out"));
         if (o_.bias) r.same(out, ChannelAxis::param(1, 0));
+        if (o_.residual) r.same(out, ChannelAxis::input(1));
         const Index cin = r.inputs()[0][1];
         if (o_.groups == 1) {
             r.same(in, ChannelAxis::param(0, 1, "in"));
@@ -87,7 +93,7 @@ public:
     }
 
     std::vector<Shape> infer_shapes(const ShapeContext& ctx) const override {
-        ctx.expect_inputs("Conv2d", 1);
+        ctx.expect_inputs("Conv2d", o_.residual ? 2 : 1);
         ctx.expect_rank("Conv2d", 0, 4);
         const Shape& x = ctx.inputs[0];
         if (ctx.params.empty() || ctx.params[0].rank() != 4)
@@ -100,12 +106,16 @@ public:
                              " must both be divisible by groups ", o_.groups);
         if (o_.bias) ctx.expect_param("Conv2d", 1, "bias", Shape{cout});
         auto g = geometry(x, ctx.node);
-        return {Shape{x[0], cout, g.out_h, g.out_w}};
+        Shape y{x[0], cout, g.out_h, g.out_w};
+        if (o_.residual && ctx.inputs[1] != y)
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): residual input has shape ", ctx.inputs[1], ", expected the output's ",
+                             y);
+        return {y};
     }
 
     Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
         const Shape& w = ctx.params[0];
-        Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0);
+        Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0) + (o_.residual ? 1 : 0);
         return per_out * out[0].numel();
     }
 
@@ -144,8 +154,9 @@ public:
         for (Index b = 0; b < n; ++b) {
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
+            const T* rb = o_.residual ? ctx.inputs[1].data + b * cout * plane_out : nullptr;
             if (depthwise(cin, w.shape)) {
-                kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation);
+                kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation, rb);
                 continue;
             }
             if (const Direct d = direct(g, cin); d != Direct::none) {
@@ -158,7 +169,7 @@ public:
                 }
                 with_direct(d, [&]<int K, int S>() {
                     const auto dg = kernels::direct_geometry<T, K, K, S>(cin, g.in_h, g.in_w, g.pad_h, g.pad_w, cout);
-                    kernels::conv_direct<T, K, K, S>(xb, dg, packed, bias, o_.activation, yb, ctx.workspace.data());
+                    kernels::conv_direct<T, K, K, S>(xb, dg, packed, bias, o_.activation, yb, ctx.workspace.data(), rb);
                 });
                 continue;
             }
@@ -167,10 +178,11 @@ public:
                 const T* wg = w.data + gi * cout_g * k;
                 const T* bg = bias ? bias + gi * cout_g : nullptr;
                 T* dst = yb + gi * cout_g * plane_out;
+                const T* rg = rb ? rb + gi * cout_g * plane_out : nullptr;
                 if (g.is_pointwise()) {  // the image is already the column matrix
-                    gemm_epilogue(cout_g, plane_out, k, wg, src, bg, o_.activation, dst);
+                    gemm_epilogue(cout_g, plane_out, k, wg, src, bg, o_.activation, rg, dst);
                 } else {
-                    conv_tiled(src, cin_g, g, wg, bg, o_.activation, cout_g, k, ctx.workspace.data(), dst);
+                    conv_tiled(src, cin_g, g, wg, bg, o_.activation, rg, cout_g, k, ctx.workspace.data(), dst);
                 }
             }
         }
@@ -206,21 +218,26 @@ private:
             default: return f.template operator()<3, 1>();
         }
     }
-    // y[c, p] = act(y[c, p] + bias[c]) for channels [c0, c1) and pixels [p0, p1) of planes `plane` apart
-    static void epilogue(T* y, const T* bias, FusedActivation act, Index c0, Index c1, Index plane, Index p0, Index p1) {
-        if (!bias && act == FusedActivation::none) return;
+    // y[c, p] = act(y[c, p] + bias[c] + res[c, p]) for channels [c0, c1) and pixels [p0, p1) of planes
+    // `plane` apart; `bias` and `res` may be null
+    static void epilogue(T* y, const T* bias, FusedActivation act, const T* res, Index c0, Index c1, Index plane,
+                         Index p0, Index p1) {
+        if (!bias && !res && act == FusedActivation::none) return;
         for (Index c = c0; c < c1; ++c) {
             T* d = y + c * plane;
             if (bias)
                 for (Index i = p0; i < p1; ++i) d[i] += bias[c];
+            if (res)
+                for (Index i = p0; i < p1; ++i) d[i] += res[c * plane + i];
             apply_fused(act, d + p0, p1 - p0);
         }
     }
-    // C = W * columns over spade's threads, each band finished (bias, activation) in cache
+    // C = W * columns over spade's threads, each band finished (bias, residual, activation) in cache
     static void gemm_epilogue(Index cout, Index plane, Index k, const T* w, const T* cols, const T* bias,
-                              FusedActivation act, T* y) {
-        kernels::gemm_parallel(cout, plane, k, w, k, cols, plane, y, plane,
-                               [&](Index c0, Index c1, Index p0, Index p1) { epilogue(y, bias, act, c0, c1, plane, p0, p1); });
+                              FusedActivation act, const T* res, T* y) {
+        kernels::gemm_parallel(cout, plane, k, w, k, cols, plane, y, plane, [&](Index c0, Index c1, Index p0, Index p1) {
+            epilogue(y, bias, act, res, c0, c1, plane, p0, p1);
+        });
     }
     // On several threads, im2col + GEMM run over blocks of output pixels: each
     // thread lays out the columns of its own block (into its slice of the full
@@ -228,7 +245,7 @@ private:
     // cache. On one thread, or with too few blocks to share, one im2col and one
     // GEMM (split into row bands) measured as fast or faster.
     static void conv_tiled(const T* src, Index cin_g, const kernels::ConvGeometry& g, const T* w, const T* bias,
-                           FusedActivation act, Index cout_g, Index k, T* col, T* dst) {
+                           FusedActivation act, const T* res, Index cout_g, Index k, T* col, T* dst) {
         const Index plane = g.out_h * g.out_w;
         // block width: about 256 KiB of columns, a multiple of 16, at least 256 (narrower measured slower)
         const Index width = std::max<Index>(256, (Index(256 * 1024) / Index(sizeof(T)) / std::max<Index>(k, 1)) / 16 * 16);
@@ -236,7 +253,7 @@ private:
         const int threads = num_threads();
         if (threads == 1 || blocks < 2 * threads) {
             kernels::im2col(src, cin_g, g, col);
-            gemm_epilogue(cout_g, plane, k, w, col, bias, act, dst);
+            gemm_epilogue(cout_g, plane, k, w, col, bias, act, res, dst);
             return;
         }
         parallel_for(
@@ -245,7 +262,7 @@ private:
                 const Index p0 = b * width, p1 = std::min(plane, p0 + width);
                 kernels::im2col(src, cin_g, g, col, p0, p1, plane);
                 kernels::gemm(cout_g, p1 - p0, k, w, k, col + p0, plane, dst + p0, plane);
-                epilogue(dst, bias, act, 0, cout_g, plane, p0, p1);
+                epilogue(dst, bias, act, res, 0, cout_g, plane, p0, p1);
             },
             cout_g * k * width);
     }
@@ -275,6 +292,8 @@ template <Scalar T>
 Var<T> conv2d(Var<T> x, const std::string& name, const Conv2dOptions& o) {
     const Index cin = x.channels();
     if (o.out_channels < 1) fail<ShapeError>("conv2d '", name, "': out_channels must be >= 1");
+    if (o.residual)
+        fail<GraphError>("conv2d '", name, "': residual is set by the inference compile step; add the residual with nn::add");
     if (cin % o.groups != 0)
         fail<ShapeError>("conv2d '", name, "': input channels ", cin, " not divisible by groups ", o.groups);
     const double fan_in = static_cast<double>(cin / o.groups * o.kernel.h * o.kernel.w);
