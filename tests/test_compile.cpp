@@ -95,6 +95,20 @@ TEST_CASE("compile: Scale and BN chains fold, ReLU6 fuses, shared readers block 
           g.nodes().size());
 }
 
+TEST_CASE("compile: a BatchNorm2d that cannot fold takes the ReLU after it (DenseNet)", "[compile]") {
+    const auto g = test::zoo_model("densenet121");
+    const auto k = compile_for_inference(g);  // outputs checked against g with the other zoo models
+    CHECK(count_type(g, "ReLU") == 121);
+    CHECK(count_type(k, "ReLU") == 0);
+    CHECK(count_type(k, "BatchNorm2d") == 62);  // norm1 of 58 layers, 3 transitions, norm5
+    for (const auto& node : k.nodes())
+        if (node.op->type() == "BatchNorm2d")
+            CHECK(static_cast<const BatchNorm2d<double>&>(*node.op).options().activation == FusedActivation::relu);
+    const auto again = graph_from_json<double>(graph_to_json(k), "compiled densenet");
+    const NodeId bn = k.node_id("features.norm5");
+    CHECK(again.node(again.node_id("features.norm5")).op->attributes() == k.node(bn).op->attributes());
+}
+
 TEST_CASE("compile: residual additions join the conv that produces one operand", "[compile]") {
     // ResNet blocks end in conv -> BN -> Add -> ReLU; MobileNetV2's in conv -> BN -> Add
     auto count_residual = [](const Graph<double>& k) {

@@ -5,8 +5,8 @@
 //   - a residual Add of a Conv2d's output (after folding) and another tensor of
 //     its shape joins the conv's output pass (Conv2dOptions::residual);
 //   - a ReLU or ReLU6 that follows a Conv2d (after folding and the residual Add)
-//     becomes the conv's fused activation, and an Add followed by a ReLU becomes
-//     one AddReLU;
+//     or a BatchNorm2d that is not folded (DenseNet's pre-activation) becomes
+//     its fused activation, and an Add followed by a ReLU becomes one AddReLU;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -102,7 +102,9 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const bool conv = type == "Conv2d" &&
                           static_cast<const Conv2d<T>&>(*node.op).options().activation == FusedActivation::none;
         const bool add = type == "Add";
-        if (!conv && !add) continue;
+        const bool norm = type == "BatchNorm2d" &&
+                          static_cast<const BatchNorm2d<T>&>(*node.op).options().activation == FusedActivation::none;
+        if (!conv && !add && !norm) continue;
         Plan plan;
         NodeId cur = static_cast<NodeId>(i);
         const bool own_params = std::all_of(node.params.begin(), node.params.end(),
@@ -136,16 +138,16 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             const NodeId nx = next_of(cur);
             if (nx >= 0) {
                 const std::string t = g.node(nx).op->type();
-                if (t == "ReLU" || (conv && t == "ReLU6")) {
+                if (t == "ReLU" || (!add && t == "ReLU6")) {
                     plan.act = t == "ReLU" ? FusedActivation::relu : FusedActivation::relu6;
                     cur = nx;
                 }
             }
         }
-        if (add && plan.act == FusedActivation::none) continue;
+        if ((add || norm) && plan.act == FusedActivation::none) continue;
         plan.last = cur;
         if (cur != static_cast<NodeId>(i)) {
-            for (NodeId k = next_of(static_cast<NodeId>(i));; k = next_of(k)) {  // the chain after the head: folded norms, Add, activation
+            for (NodeId k = next_of(static_cast<NodeId>(i)); k >= 0; k = next_of(k)) {  // the chain after the head: folded norms, Add, activation
                 absorbed[static_cast<std::size_t>(k)] = 1;
                 if (k == cur) break;
             }
@@ -185,6 +187,11 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             for (Graph<T>* sub : op->mutable_subgraphs()) *sub = compile_for_inference(*sub, o);
         } else if (node.op->type() == "Add") {
             op = std::make_unique<AddReLU<T>>();
+        } else if (node.op->type() == "BatchNorm2d") {
+            auto bo = static_cast<const BatchNorm2d<T>&>(*node.op).options();
+            bo.activation = it->second.act;
+            op = std::make_unique<BatchNorm2d<T>>(bo);
+            for (ParamId p : node.params) params.push_back(copy_param(p));
         } else {
             const auto& conv = static_cast<const Conv2d<T>&>(*node.op);
             Conv2dOptions co = conv.options();

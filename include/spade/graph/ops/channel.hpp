@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "spade/core/threading.hpp"
 #include "spade/graph/ops/common.hpp"
@@ -85,14 +86,30 @@ public:
     }
 
     void forward(const ForwardContext<T>& ctx) const override {
+        // every (image, input) block cut into pieces of at most 16K elements, all copied in one
+        // parallel loop: a concat of few large blocks still uses every thread
         const Shape& y = ctx.outputs[0].shape;
         const Index inner = detail::channel_stride(y), out_image = y[1] * inner;
-        Index offset = 0;
-        for (const auto& x : ctx.inputs) {
-            const Index block = x.shape[1] * inner;
-            detail::copy_blocks(x.data, block, ctx.outputs[0].data + offset, out_image, y[0], block);
-            offset += block;
+        constexpr Index piece = Index(1) << 14;
+        struct Copy {
+            const T* src;
+            T* dst;
+            Index n;
+        };
+        std::vector<Copy> copies;
+        for (Index b = 0; b < y[0]; ++b) {
+            Index offset = b * out_image;
+            for (const auto& x : ctx.inputs) {
+                const Index block = x.shape[1] * inner;
+                for (Index i = 0; i < block; i += piece)
+                    copies.push_back({x.data + b * block + i, ctx.outputs[0].data + offset + i, std::min(piece, block - i)});
+                offset += block;
+            }
         }
+        parallel_for(
+            static_cast<long>(copies.size()),
+            [&](long k) { std::memcpy(copies[k].dst, copies[k].src, sizeof(T) * static_cast<std::size_t>(copies[k].n)); },
+            piece);
     }
 };
 

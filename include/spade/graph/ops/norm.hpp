@@ -122,6 +122,7 @@ struct BatchNormOptions {
     double eps = 1e-5;
     double momentum = 0.1;  ///< running-statistics update rate, used once training mode exists
     bool affine = true;
+    FusedActivation activation = FusedActivation::none;  ///< applied in the same pass (inference compile step)
 };
 
 /// y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel.
@@ -136,7 +137,8 @@ public:
         const std::string op = "BatchNorm2d";
         return BatchNorm2d(BatchNormOptions{.eps = a.get<double>(op, "eps"),
                                             .momentum = a.get_or<double>(op, "momentum", 0.1),
-                                            .affine = a.get<bool>(op, "affine")});
+                                            .affine = a.get<bool>(op, "affine"),
+                                            .activation = fused_activation_from(a, op)});
     }
 
     std::string type() const override { return "BatchNorm2d"; }
@@ -144,6 +146,7 @@ public:
     Attributes attributes() const override {
         Attributes a;
         a.set("eps", o_.eps).set("momentum", o_.momentum).set("affine", o_.affine);
+        if (o_.activation != FusedActivation::none) a.set("activation", std::string(fused_activation_name(o_.activation)));
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
@@ -184,6 +187,7 @@ public:
                 const double rstd = 1.0 / std::sqrt(static_cast<double>(var[ch]) + o_.eps);
                 const T scale = static_cast<T>(w ? rstd * static_cast<double>(w[ch]) : rstd);
                 detail::norm::normalize_span(x.data + k * plane, y + k * plane, plane, mean[ch], scale, b ? b[ch] : T(0));
+                apply_fused(o_.activation, y + k * plane, plane);
             },
             plane);
     }
