@@ -107,6 +107,17 @@ TEST_CASE("compile: a BatchNorm2d that cannot fold takes the ReLU after it (Dens
     const auto again = graph_from_json<double>(graph_to_json(k), "compiled densenet");
     const NodeId bn = k.node_id("features.norm5");
     CHECK(again.node(again.node_id("features.norm5")).op->attributes() == k.node(bn).op->attributes());
+    // a graph input's BatchNorm2d with ReLU6, by hand
+    GraphBuilder<double> b(4);
+    auto x = b.input("x", {2, 3, 5, 4});
+    b.output(nn::conv2d(nn::relu6(nn::batch_norm2d(x, "bn"), "act"), "c", {.out_channels = 2, .kernel = 1}));
+    auto h = std::move(b).build();
+    test::randomize(h, 6);
+    const auto hk = compile_for_inference(h);
+    check_same(h, hk, 1e-12);
+    CHECK(count_type(hk, "ReLU6") == 0);
+    CHECK(static_cast<const BatchNorm2d<double>&>(*hk.node(hk.node_id("bn")).op).options().activation ==
+          FusedActivation::relu6);
 }
 
 TEST_CASE("compile: residual additions join the conv that produces one operand", "[compile]") {
