@@ -135,6 +135,31 @@ TEST_CASE("compile: residual additions join the conv that produces one operand",
         CHECK(count_residual(k) == blocks);
         CHECK(count_type(k, "Add") + count_type(k, "AddReLU") == 0);
     }
+    // every conv kernel path adds the residual before its activation: GEMM, direct,
+    // im2col (one product, and pixel blocks per thread), grouped, depthwise (phase
+    // planes and the plain loop), batch 2
+    const std::vector<std::pair<Shape, Conv2dOptions>> paths{
+        {{2, 5, 9, 7}, {.out_channels = 6, .kernel = 1}},
+        {{2, 5, 9, 7}, {.out_channels = 11, .kernel = 3, .padding = 1}},
+        {{1, 4, 9, 7}, {.out_channels = 6, .kernel = 3, .padding = 2, .dilation = 2}},
+        {{1, 8, 70, 66}, {.out_channels = 3, .kernel = 3, .padding = 2, .dilation = 2}},
+        {{1, 4, 9, 7}, {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 2}},
+        {{2, 6, 9, 7}, {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 6}},
+        {{1, 6, 9, 7}, {.out_channels = 6, .kernel = 5, .padding = 2, .groups = 6}},
+    };
+    for (const auto& [shape, options] : paths) {
+        INFO("input " << shape << " kernel " << options.kernel.h << " groups " << options.groups);
+        GraphBuilder<double> pb(9);
+        auto in = pb.input("x", shape);
+        auto conv = nn::conv2d(in, "conv", options);
+        auto skip = nn::conv2d(in, "skip", {.out_channels = options.out_channels, .kernel = 1});
+        pb.output(nn::relu(nn::add(conv, skip, "sum"), "act"));
+        auto pg = std::move(pb).build();
+        test::randomize(pg, 3);
+        const auto pk = compile_for_inference(pg);
+        CHECK(static_cast<const Conv2d<double>&>(*pk.node(pk.node_id("conv")).op).options().residual);
+        check_same(pg, pk, 1e-12);
+    }
     // an operand broadcast over the planes is not a residual: the Add stays
     GraphBuilder<double> b(5);
     auto x = b.input("x", {1, 3, 5, 5});
