@@ -172,6 +172,31 @@ TEST_CASE("compile: residual additions join the conv that produces one operand",
     check_same(g, k, 1e-12);
     CHECK(count_residual(k) == 0);
     CHECK(count_type(k, "AddReLU") == 1);
+    // compiling a compiled graph again (a saved InferenceModel copy) changes nothing: a
+    // residual conv takes no fold and no second residual, a BN with its own ReLU no fold
+    GraphBuilder<double> tb(8);
+    auto tx = tb.input("x", {1, 4, 6, 5});
+    auto tc = nn::conv2d(tx, "c", {.out_channels = 4, .kernel = 3, .padding = 1});
+    auto tail = nn::batch_norm2d(nn::add(tc, tx, "plus"), "bn");  // pre-activation: BN after the sum
+    tail = nn::relu(tail, "act");
+    auto td = nn::conv2d(tail, "d", {.out_channels = 4, .kernel = 1});
+    tb.output(nn::add(nn::add(td, tail, "plus2"), tx, "plus3"));
+    auto tg = std::move(tb).build();
+    test::randomize(tg, 4);
+    const auto once = compile_for_inference(tg);
+    const auto twice = compile_for_inference(once);
+    check_same(tg, once, 1e-12);
+    check_same(tg, twice, 1e-12);
+    CHECK(twice.nodes().size() == once.nodes().size());
+    GraphBuilder<double> nb(2);
+    auto nx = nb.input("x", {1, 2, 5, 5});
+    nb.output(nn::batch_norm2d(nn::conv2d(nx, "c", {.out_channels = 3, .kernel = 3}), "bn",
+                               BatchNormOptions{.activation = FusedActivation::relu}));
+    auto ng = std::move(nb).build();
+    test::randomize(ng, 5);
+    const auto nk = compile_for_inference(ng);
+    check_same(ng, nk, 1e-12);
+    CHECK(count_type(nk, "BatchNorm2d") == 1);
     // a user cannot build a residual conv: the compile step sets it
     GraphBuilder<float> u;
     auto y = u.input("y", {1, 2, 4, 4});

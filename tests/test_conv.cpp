@@ -137,6 +137,13 @@ TEST_CASE("Conv2d rejects a wrong input shape naming the node", "[conv]") {
     CHECK_THROWS_AS(ex.forward(bad), ShapeError);
     Tensor<float> tiny(Shape{1, 3, 2, 2});
     CHECK_THROWS_WITH(ex.forward(tiny), Catch::Contains("stem") && Catch::Contains("too small"));
+    // a stride does not make a window fit: 2x2 under an unpadded 3x3 of stride 2 has none (as in PyTorch)
+    GraphBuilder<float> b2;
+    auto x2 = b2.input("x", {1, 3, 8, 8});
+    b2.output(nn::conv2d(x2, "strided", {.out_channels = 4, .kernel = 3, .stride = 2}));
+    auto g2 = std::move(b2).build();
+    Executor<float> ex2(g2);
+    CHECK_THROWS_WITH(ex2.forward(tiny), Catch::Contains("strided") && Catch::Contains("too small"));
 }
 
 TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and computes the same", "[conv]") {
@@ -149,8 +156,11 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     auto g = std::move(b).build();
     auto in = test::random_tensor<double>({1, 5, 12, 10}, 3);
     Executor<double> plain(g), packed(g);
-    packed.set_prepack(true);
+    packed.forward(in);
+    packed.set_prepack(true);  // after a run: packs for the current plan at once, outputs stay readable
     CHECK(packed.prepack());
+    CHECK(packed.plan().packed_bytes > 0);
+    CHECK(packed.value(g.outputs()[0]).shape == Shape{1, 9, 6, 5});
     const auto want = plain.forward(in);
     CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
     // panels of 8 outputs: 11 -> 16 rows of 5 * 9, 9 -> 16 rows of 6 * 49

@@ -99,8 +99,11 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         if (absorbed[i]) continue;
         const auto& node = g.nodes()[i];
         const std::string type = node.op->type();
-        const bool conv = type == "Conv2d" &&
-                          static_cast<const Conv2d<T>&>(*node.op).options().activation == FusedActivation::none;
+        const auto* conv_op = type == "Conv2d" ? &static_cast<const Conv2d<T>&>(*node.op) : nullptr;
+        const bool conv = conv_op && conv_op->options().activation == FusedActivation::none;
+        // a conv compiled before (it adds a residual) may still take an activation, but
+        // neither a fold (the residual would not be scaled) nor a second residual
+        const bool plain_conv = conv && !conv_op->options().residual;
         const bool add = type == "Add";
         const bool norm = type == "BatchNorm2d" &&
                           static_cast<const BatchNorm2d<T>&>(*node.op).options().activation == FusedActivation::none;
@@ -109,20 +112,21 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         NodeId cur = static_cast<NodeId>(i);
         const bool own_params = std::all_of(node.params.begin(), node.params.end(),
                                             [&](ParamId p) { return uses[static_cast<std::size_t>(p)] == 1; });
-        if (conv && o.fold_norms && own_params) {
+        if (plain_conv && o.fold_norms && own_params) {
             while (true) {
                 const NodeId nx = next_of(cur);
                 if (nx < 0) break;
                 const auto& next = g.node(nx);
                 const std::string t = next.op->type();
-                const bool bn = t == "BatchNorm2d";
+                const bool bn = t == "BatchNorm2d" && static_cast<const BatchNorm2d<T>&>(*next.op).options().activation ==
+                                                          FusedActivation::none;
                 const bool scale = t == "Scale" && static_cast<const Scale<T>&>(*next.op).per_channel();
                 if (!bn && !scale) break;
                 plan.folded.push_back(nx);
                 cur = nx;
             }
         }
-        if (conv && o.fuse_residuals) {
+        if (plain_conv && o.fuse_residuals) {
             const NodeId nx = next_of(cur);
             if (nx >= 0 && g.node(nx).op->type() == "Add") {
                 const auto& sum = g.node(nx);

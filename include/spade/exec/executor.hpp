@@ -94,13 +94,15 @@ public:
         }
     }
 
-    /// Turns pre-packing of parameters on or off (off by default); the next run replans.
-    /// Only for parameters that stay fixed between plans: after changing values in place,
-    /// call set_prepack(true) again (or use InferenceModel::refresh()).
+    /// Turns pre-packing of parameters on or off (off by default), packing for the current
+    /// plan at once. Only for parameters that stay fixed between plans: after changing
+    /// values in place, call set_prepack(true) again (or use InferenceModel::refresh()).
     void set_prepack(bool on) {
         prepack_ = on;
-        plan_ = ExecPlan{};
-        packed_.clear();
+        packed_ = on && !plan_.value_shapes.empty() ? pack_all(plan_) : std::vector<std::unique_ptr<PackedParams>>{};
+        plan_.packed_bytes = 0;
+        for (const auto& pk : packed_)
+            if (pk) plan_.packed_bytes += pk->bytes();
     }
     bool prepack() const { return prepack_; }
 
@@ -164,16 +166,9 @@ public:
         std::vector<std::vector<T>> buffers(p.buffer_elements.size());
         for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].resize(static_cast<std::size_t>(p.buffer_elements[b]));
         std::vector<T> workspace(static_cast<std::size_t>(p.workspace_elements));
-        std::vector<std::unique_ptr<PackedParams>> packed(prepack_ ? g.nodes().size() : 0);
-        for (std::size_t i = 0; i < packed.size(); ++i) {
-            const auto& n = g.nodes()[i];
-            std::vector<Shape> in;
-            std::vector<TensorRef<const T>> ps;
-            for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
-            for (ParamId q : n.params) ps.push_back(g.parameter(q).ref());
-            packed[i] = n.op->pack(ShapeContext{n.name, in, p.node_param_shapes[i]}, ps);
-            if (packed[i]) p.packed_bytes += packed[i]->bytes();
-        }
+        auto packed = prepack_ ? pack_all(p) : std::vector<std::unique_ptr<PackedParams>>{};
+        for (const auto& pk : packed)
+            if (pk) p.packed_bytes += pk->bytes();
         buffers_ = std::move(buffers);
         workspace_ = std::move(workspace);
         packed_ = std::move(packed);
@@ -205,6 +200,20 @@ private:
         }
         free_list.erase(std::find(free_list.begin(), free_list.end(), best));
         return best;
+    }
+    // every node's Op::pack for the shapes of plan `p`
+    std::vector<std::unique_ptr<PackedParams>> pack_all(const ExecPlan& p) const {
+        const auto& g = *graph_;
+        std::vector<std::unique_ptr<PackedParams>> packed(g.nodes().size());
+        for (std::size_t i = 0; i < packed.size(); ++i) {
+            const auto& n = g.nodes()[i];
+            std::vector<Shape> in;
+            std::vector<TensorRef<const T>> ps;
+            for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
+            for (ParamId q : n.params) ps.push_back(g.parameter(q).ref());
+            packed[i] = n.op->pack(ShapeContext{n.name, in, p.node_param_shapes[i]}, ps);
+        }
+        return packed;
     }
     const PackedParams* packed(std::size_t node) const { return node < packed_.size() ? packed_[node].get() : nullptr; }
     TensorRef<T> mutable_value(ValueId v) { return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]}; }

@@ -23,12 +23,12 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
     constexpr int L = detail::Lanes<T>::count;
     const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1);
     const Index steps = (dg.flat + L - 1) / L;
+    ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * dg.plane + steps * L));
     parallel_for(
         out_channels,
         [&](long c) {
             // this channel's phase planes, then its flat outputs
-            std::vector<T> buf(static_cast<std::size_t>(S * S * dg.plane + steps * L));
-            T* planes = buf.data();
+            T* planes = scratch.slice();
             T* flat = planes + S * S * dg.plane;
             detail::fill_phase_planes<T, S>(in + (c / multiplier) * g.in_h * g.in_w, dg, planes);
             T wc[K * K];

@@ -6,8 +6,8 @@
 // b, b+S, b+2S, ..., so every tap reads a contiguous run of its plane. All
 // planes of a call share one row width `wq`, and the output is computed over
 // the "flat" index f = oh * wq + ow: tap (i, j) of output f reads element
-// f + (i / S) * wq + j / S of plane (i % S, j % S). A step multiplies two
-// vectors of consecutive flat outputs by MR broadcast weights, whatever the
+// f + (i / S) * wq + j / S of plane (i % S, j % S). A step multiplies one or
+// two vectors (direct_nr) of consecutive flat outputs by MR broadcast weights, whatever the
 // row width: rows narrower than a vector (7x7 and 14x14 maps) cost only the
 // wq - out_w columns of padding that are computed and dropped, not empty lanes.
 //
@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "spade/core/threading.hpp"
@@ -27,26 +27,31 @@
 namespace spade::kernels {
 
 namespace detail {
+// The widest vector the target has: 64 bytes with AVX-512, 32 with AVX, else 16.
+// Vectors never cross a function boundary by value (that would tie the ABI to the ISA).
+#if defined(__AVX512F__)
+inline constexpr int vector_bytes = 64;
+inline constexpr int direct_vectors = 2;  // 32 registers: 8 x 2 accumulators fit
+#elif defined(__AVX__)
+inline constexpr int vector_bytes = 32;
+inline constexpr int direct_vectors = 1;  // 16 registers: 8 x 1 accumulators, loads and broadcasts
+#else
+inline constexpr int vector_bytes = 16;
+inline constexpr int direct_vectors = 1;
+#endif
 template <class T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-    typedef float type __attribute__((vector_size(64)));
-    static constexpr int count = 16;
-};
-template <>
-struct Lanes<double> {
-    typedef double type __attribute__((vector_size(64)));
-    static constexpr int count = 8;
+struct Lanes {
+    typedef T type __attribute__((vector_size(vector_bytes)));
+    static constexpr int count = vector_bytes / static_cast<int>(sizeof(T));
 };
 }  // namespace detail
 
 /// Output channels per weight panel of the direct kernel.
 inline constexpr int direct_mr = 8;
-/// Flat output pixels one step computes (two vectors).
+/// Flat output pixels one step computes (one or two vectors, as the registers allow).
 template <class T>
 constexpr Index direct_nr() {
-    return 2 * detail::Lanes<T>::count;
+    return detail::direct_vectors * detail::Lanes<T>::count;
 }
 
 /// Geometry of a direct convolution of one image.
@@ -100,22 +105,24 @@ void pack_direct_weights(const T* w, Index cout, Index cin, int taps, T* packed)
 }
 
 namespace detail {
+// dst[0, L) = the even lanes of a, then those of b (GCC 12 and Clang both have __builtin_shufflevector)
+template <class T, class V, std::size_t... I>
+void store_even_lanes(const V& a, const V& b, T* dst, std::index_sequence<I...>) {
+    const V e = __builtin_shufflevector(a, b, (2 * I)...);
+    std::memcpy(dst, &e, sizeof(V));
+}
+
 // dst[q] = src[2 q] for q in [0, n), a vector at a time
 template <class T>
 void deinterleave(const T* src, Index n, T* dst) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count;
-    using Mask = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-    typedef Mask M __attribute__((vector_size(64)));
-    M even;
-    for (int i = 0; i < L; ++i) even[i] = 2 * i;
     Index q = 0;
     for (; q + L <= n && 2 * q + 2 * L - 1 <= 2 * (n - 1); q += L) {  // loads stay within src[0, 2n - 1)
         V a, b;
         std::memcpy(&a, src + 2 * q, sizeof(V));
         std::memcpy(&b, src + 2 * q + L, sizeof(V));
-        const V e = __builtin_shuffle(a, b, even);
-        std::memcpy(dst + q, &e, sizeof(V));
+        store_even_lanes(a, b, dst + q, std::make_index_sequence<L>{});
     }
     for (; q < n; ++q) dst[q] = src[2 * q];
 }
@@ -198,21 +205,20 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
     const Index blocks = std::min(steps, std::max((steps + most - 1) / most, (4 * num_threads() + panels - 1) / panels));
     const Index block = (steps + blocks - 1) / blocks;
     auto step = [&](Index f0, Index p) {
-        V acc[MR][2];
-        for (int r = 0; r < MR; ++r) acc[r][0] = V{}, acc[r][1] = V{};
+        constexpr int NV = detail::direct_vectors;
+        V acc[MR][NV];
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = V{};
         const T* a = packed + p * g.cin * taps * MR;
         const T* xc = work + f0;
         for (Index c = 0; c < g.cin; ++c, xc += S * S * plane) {
             for (int i = 0; i < KH; ++i) {
                 for (int j = 0; j < KW; ++j, a += MR) {
                     const T* src = xc + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
-                    V b0, b1;
-                    std::memcpy(&b0, src, sizeof(V));
-                    std::memcpy(&b1, src + L, sizeof(V));
-                    for (int r = 0; r < MR; ++r) {
-                        acc[r][0] += a[r] * b0;
-                        acc[r][1] += a[r] * b1;
-                    }
+                    V b[NV];
+                    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], src + v * L, sizeof(V));
+                    for (int r = 0; r < MR; ++r)
+                        for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * b[v];
                 }
             }
         }
@@ -221,8 +227,7 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
         for (Index r = 0; r < rows; ++r) {
             const Index o = p * MR + r;
             T out[NR];
-            std::memcpy(out, &acc[r][0], sizeof(V));
-            std::memcpy(out + L, &acc[r][1], sizeof(V));
+            std::memcpy(out, &acc[r][0], sizeof(acc[r]));
             detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), act, y + o * out_plane,
                                res ? res + o * out_plane : nullptr);
         }

@@ -16,7 +16,11 @@ struct ConvGeometry {
     Index kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
 
     /// Output extent of a strided, padded, dilated window along one axis.
-    static Index out_extent(Index in, Index k, Index s, Index p, Index d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+    /// Output extent along one axis; 0 when even one window does not fit (PyTorch raises there too).
+    static Index out_extent(Index in, Index k, Index s, Index p, Index d) {
+        const Index span = in + 2 * p - d * (k - 1) - 1;
+        return span < 0 ? 0 : span / s + 1;
+    }
     /// True when the window is a plain 1x1, stride-1, unpadded read: im2col is the identity.
     bool is_pointwise() const {
         return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;

@@ -120,11 +120,11 @@ void max_pool_direct(const T* in, Index planes, const ConvGeometry& g, T* out) {
     constexpr int L = Lanes<T>::count;
     const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, g.out_h, g.out_w);
     const Index steps = (dg.flat + L - 1) / L;
+    ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * dg.plane + steps * L));
     parallel_for(
         planes,
         [&](long c) {
-            std::vector<T> buf(static_cast<std::size_t>(S * S * dg.plane + steps * L));
-            T* ph = buf.data();
+            T* ph = scratch.slice();
             T* flat = ph + S * S * dg.plane;
             fill_phase_planes<T, S>(in + c * g.in_h * g.in_w, dg, ph, -std::numeric_limits<T>::infinity());
             for (Index f0 = 0; f0 < steps * L; f0 += L) {
@@ -134,7 +134,7 @@ void max_pool_direct(const T* in, Index planes, const ConvGeometry& g, T* out) {
                     const int i = t / K, j = t % K;
                     V v;
                     std::memcpy(&v, ph + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0, sizeof(V));
-                    m = (v > m) | (v != v) ? v : m;  // NaN wins, as in PyTorch
+                    m = ((v > m) | (v != v)) ? v : m;  // NaN wins, as in PyTorch
                 }
                 std::memcpy(flat + f0, &m, sizeof(V));
             }
