@@ -145,7 +145,9 @@ TEST_CASE("compile: residual additions join the conv that produces one operand",
         {{1, 8, 70, 66}, {.out_channels = 3, .kernel = 3, .padding = 2, .dilation = 2}},
         {{1, 4, 9, 7}, {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 2}},
         {{2, 6, 9, 7}, {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 6}},
+        {{1, 3, 6, 41}, {.out_channels = 3, .kernel = 3, .padding = 1, .groups = 3}},  // depthwise by rows
         {{1, 6, 9, 7}, {.out_channels = 6, .kernel = 5, .padding = 2, .groups = 6}},
+        {{1, 5, 6, 45}, {.out_channels = 9, .kernel = 3, .padding = 1}},  // direct: steps inside a row
     };
     for (const auto& [shape, options] : paths) {
         INFO("input " << shape << " kernel " << options.kernel.h << " groups " << options.groups);

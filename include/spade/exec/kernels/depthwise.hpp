@@ -21,8 +21,10 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
                       const T* bias, T* out, FusedActivation act, const T* res) {
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count;
-    const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1);
-    const Index steps = (dg.flat + L - 1) / L;
+    auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1);
+    const Index steps = (dg.flat + 4 * L - 1) / (4 * L) * 4;  // vectors, whole groups of 4
+    // the last group of vectors reads up to 4 L past the flat range: planes get that slack
+    dg.plane = std::max(dg.plane, steps * L + (K - 1) / S * dg.wq + (K - 1) / S);
     ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * dg.plane + steps * L));
     parallel_for(
         out_channels,
@@ -33,19 +35,47 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
             detail::fill_phase_planes<T, S>(in + (c / multiplier) * g.in_h * g.in_w, dg, planes);
             T wc[K * K];
             std::copy(w + c * K * K, w + (c + 1) * K * K, wc);
-            for (Index f0 = 0; f0 < steps * L; f0 += L) {
-                V acc{};
+            const Index plane = g.out_h * g.out_w;
+            T* yc = out + c * plane;
+            const T* rc = res ? res + c * plane : nullptr;
+            const T bc = bias ? bias[c] : T(0);
+            // N vectors of outputs from flat index f0 on: N independent sums hide the latency of the FMAs
+            auto taps = [&]<int N>(Index f0, V(&acc)[N]) {
+                for (int n = 0; n < N; ++n) acc[n] = V{};
                 for (int i = 0; i < K; ++i)
                     for (int j = 0; j < K; ++j) {
-                        V v;
-                        std::memcpy(&v, planes + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0, sizeof(V));
-                        acc += wc[i * K + j] * v;
+                        const T* src = planes + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0;
+                        for (int n = 0; n < N; ++n) {
+                            acc[n] += wc[i * K + j] * detail::load(src + n * L);
+                        }
                     }
-                std::memcpy(flat + f0, &acc, sizeof(V));
+            };
+            // by rows, N vectors at a time, the last group of a row shifted left to end at the row's end
+            // (it recomputes a few outputs rather than leaving a partial vector)
+            auto rows = [&]<int N>() {
+                for (Index oh = 0; oh < g.out_h; ++oh) {
+                    T* yr = yc + oh * g.out_w;
+                    const T* rr = rc ? rc + oh * g.out_w : nullptr;
+                    for (Index ow = 0;; ow += N * L) {
+                        ow = std::min(ow, g.out_w - N * L);
+                        V acc[N];
+                        taps(oh * dg.wq + ow, acc);
+                        for (int n = 0; n < N; ++n)
+                            detail::store_vector(acc[n], bc, act, yr + ow + n * L, rr ? rr + ow + n * L : nullptr);
+                        if (ow + N * L >= g.out_w) break;
+                    }
+                }
+            };
+            if (g.out_w >= 4 * L) return rows.template operator()<4>();
+            if (g.out_w >= 2 * L) return rows.template operator()<2>();
+            if (g.out_w >= L) return rows.template operator()<1>();
+            constexpr int N = 4;
+            for (Index f0 = 0; f0 < steps * L; f0 += N * L) {  // narrow rows: the flat index wastes no lanes
+                V acc[N];
+                taps(f0, acc);
+                for (int n = 0; n < N; ++n) detail::store(flat + f0 + n * L, acc[n]);
             }
-            const Index plane = g.out_h * g.out_w;
-            detail::store_flat(flat, 0, dg.flat, dg, bias ? bias[c] : T(0), act, out + c * plane,
-                               res ? res + c * plane : nullptr);
+            detail::store_flat(flat, 0, dg.flat, dg, bc, act, yc, rc);
         },
         g.out_h * g.out_w * K * K);
 }

@@ -128,15 +128,13 @@ void max_pool_direct(const T* in, Index planes, const ConvGeometry& g, T* out) {
             T* flat = ph + S * S * dg.plane;
             fill_phase_planes<T, S>(in + c * g.in_h * g.in_w, dg, ph, -std::numeric_limits<T>::infinity());
             for (Index f0 = 0; f0 < steps * L; f0 += L) {
-                V m;
-                std::memcpy(&m, ph + f0, sizeof(V));
+                V m = load(ph + f0);
                 for (int t = 1; t < K * K; ++t) {
                     const int i = t / K, j = t % K;
-                    V v;
-                    std::memcpy(&v, ph + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0, sizeof(V));
+                    const V v = load(ph + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0);
                     m = ((v > m) | (v != v)) ? v : m;  // NaN wins, as in PyTorch
                 }
-                std::memcpy(flat + f0, &m, sizeof(V));
+                store(flat + f0, m);
             }
             store_flat(flat, 0, dg.flat, dg, T(0), FusedActivation::none, out + c * g.out_h * g.out_w);
         },
