@@ -107,6 +107,11 @@ std::vector<Case> cases() {
         {{1, 3, 13, 10}, {.kernel = 5, .stride = 3, .padding = 2, .ceil_mode = true}},
         {{2, 3, 2, 2}, {.kernel = 3, .stride = 2, .ceil_mode = true}},  // window larger than the image
         {{1, 33, 7, 7}, {.kernel = 3, .stride = 1, .padding = 1}},
+        // rows narrower than a vector, a whole vector, and with a shifted last vector
+        {{1, 2, 5, 3}, {.kernel = 3, .stride = 1, .padding = 1}},
+        {{1, 2, 4, 5}, {.kernel = 3, .stride = 2, .ceil_mode = true}},
+        {{1, 3, 14, 14}, {.kernel = 3, .stride = 1, .padding = 1, .ceil_mode = true}},
+        {{1, 2, 9, 37}, {.kernel = 2, .stride = 2}},
     };
 }
 
@@ -208,6 +213,23 @@ TEST_CASE("MaxPool2d propagates NaN and ignores padding", "[pool]") {
     auto z = test::run(g, neg);
     CHECK(z[0] == -3.0);  // padding is not a zero that wins over negatives
     CHECK(z[2] == -1.0);
+    // rows of whole vectors: a NaN at column 11 reaches the outputs whose windows hold it
+    for (Index stride : {1, 2}) {
+        auto wide = one_op<double>({1, 1, 3, 40}, [&](auto v) {
+            return nn::max_pool2d(v, "p", {.kernel = 3, .stride = stride, .padding = 1});
+        });
+        Tensor<double> in(Shape{1, 1, 3, 40});
+        for (Index i = 0; i < in.numel(); ++i) in[i] = -1.0 - static_cast<double>(i % 7);
+        in[40 + 11] = nan;
+        auto out = test::run(wide, in);
+        const Index ow = out.shape()[3];
+        for (Index r = 0; r < out.shape()[2]; ++r)
+            for (Index c = 0; c < ow; ++c) {
+                const Index lo = c * stride - 1;  // the window's first input column
+                INFO("stride " << stride << " output " << r << ", " << c);
+                CHECK(std::isnan(out[r * ow + c]) == (lo <= 11 && 11 <= lo + 2));
+            }
+    }
 }
 
 TEST_CASE("AdaptiveAvgPool2d and global_avg_pool match the reference", "[pool]") {

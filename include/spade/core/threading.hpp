@@ -50,16 +50,16 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
     for (long i = 0; i < n; ++i) body(i);
 }
 
-/// Scratch memory for a parallel_for body: one slice of `per_thread` elements for
-/// each thread that may run the body, allocated up front (outside the parallel
-/// region, so a failed allocation throws where the caller can catch it).
+/// Scratch memory for a parallel_for body: one slice of `per_thread` elements (set
+/// to `init`) for each thread that may run the body, allocated up front (outside
+/// the parallel region, so a failed allocation throws where the caller can catch it).
 /// slice() is the calling thread's. Inside an enclosing parallel region,
 /// parallel_for runs serially, and so one slice is enough.
 template <class T>
 class ThreadScratch {
 public:
-    explicit ThreadScratch(std::size_t per_thread)
-        : per_(per_thread), slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())), data_(slices_ * per_) {}
+    explicit ThreadScratch(std::size_t per_thread, T init = T(0))
+        : per_(per_thread), slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())), data_(slices_ * per_, init) {}
     T* slice() {
 #if defined(_OPENMP)
         if (slices_ > 1) return data_.data() + static_cast<std::size_t>(omp_get_thread_num()) * per_;

@@ -111,32 +111,93 @@ void max_pool2d_dilated(const T* in, Index planes, const ConvGeometry& g, T* out
 }  // namespace detail
 
 namespace detail {
-// max_pool2d for a K x K window of stride S without dilation, through the phase
-// planes of the direct kernel (direct.hpp), padded with -inf: every window
-// position is a contiguous vector load, whatever the row width.
+// max_pool2d for a K x K window of stride S without dilation, in three passes
+// over a plane: (1) for every output row, the K input rows of its windows are
+// reduced to one row (a vector max down the columns, whatever the stride) with
+// -inf padding on both sides; (2) at stride 2, those rows are split into their
+// even and odd columns; (3) every output vector is the max of K contiguous
+// loads. Each pass reads what the one before wrote a whole plane earlier, so no
+// load waits on a store still in flight, and rows of any width keep whole vectors
+// (the last vector of a row is shifted back to end at the row's end).
 template <class T, int K, int S>
-void max_pool_direct(const T* in, Index planes, const ConvGeometry& g, T* out) {
+void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count;
-    const auto dg = direct_geometry<T, K, K, S>(1, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, g.out_h, g.out_w);
-    const Index steps = (dg.flat + L - 1) / L;
-    ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * dg.plane + steps * L));
+    constexpr T lowest = -std::numeric_limits<T>::infinity();
+    const Index vecs = (g.out_w + L - 1) / L;
+    // a phase row is long enough for every output vector's (K - 1) / S extra reads
+    const Index phase = vecs * L + (K - 1) / S + 1;
+    const Index width = std::max(S * phase, g.pad_w + g.in_w + L);  // a reduced row, padding included
+    const Index reduced = g.out_h * width, phased = S == 1 ? 0 : S * g.out_h * phase;
+    ThreadScratch<T> scratch(static_cast<std::size_t>(reduced + phased), lowest);  // padding stays -inf
+    auto vmax = [](V& m, const V& v) { m = (v > m) | (v != v) ? v : m; };  // NaN wins, as in PyTorch
     parallel_for(
         planes,
         [&](long c) {
-            T* ph = scratch.slice();
-            T* flat = ph + S * S * dg.plane;
-            fill_phase_planes<T, S>(in + c * g.in_h * g.in_w, dg, ph, -std::numeric_limits<T>::infinity());
-            for (Index f0 = 0; f0 < steps * L; f0 += L) {
-                V m = load(ph + f0);
-                for (int t = 1; t < K * K; ++t) {
-                    const int i = t / K, j = t % K;
-                    const V v = load(ph + ((i % S) * S + j % S) * dg.plane + (i / S) * dg.wq + j / S + f0);
-                    m = ((v > m) | (v != v)) ? v : m;  // NaN wins, as in PyTorch
+            T* red = scratch.slice();
+            const T* src = in + c * g.in_h * g.in_w;
+            for (Index oh = 0; oh < g.out_h; ++oh) {
+                const T* rows[K];
+                int n = 0;
+                for (int i = 0; i < K; ++i) {
+                    const Index ih = oh * S - g.pad_h + i;
+                    if (ih >= 0 && ih < g.in_h) rows[n++] = src + ih * g.in_w;
                 }
-                store(flat + f0, m);
+                T* r = red + oh * width + g.pad_w;
+                if (n == 0) {  // a window of padding rows only
+                    std::fill(r, r + g.in_w, lowest);
+                } else if (g.in_w >= L) {
+                    for (Index q = 0;; q += L) {
+                        q = std::min(q, g.in_w - L);
+                        V m = load(rows[0] + q);
+                        for (int i = 1; i < n; ++i) vmax(m, load(rows[i] + q));
+                        store(r + q, m);
+                        if (q + L >= g.in_w) break;
+                    }
+                } else {
+                    for (Index q = 0; q < g.in_w; ++q) {
+                        T m = rows[0][q];
+                        for (int i = 1; i < n; ++i) m = max_nan(m, rows[i][q]);
+                        r[q] = m;
+                    }
+                }
             }
-            store_flat(flat, 0, dg.flat, dg, T(0), FusedActivation::none, out + c * g.out_h * g.out_w);
+            // phase b of output row oh starts at ph[b][oh * pstride] and holds columns b, b + S, ...
+            const T* ph[2] = {red, red};
+            Index pstride = width;
+            if constexpr (S == 2) {
+                T* even = red + reduced;
+                T* odd = even + g.out_h * phase;
+                for (Index oh = 0; oh < g.out_h; ++oh) {
+                    deinterleave(red + oh * width, phase, even + oh * phase);
+                    deinterleave(red + oh * width + 1, phase, odd + oh * phase);
+                }
+                ph[0] = even, ph[1] = odd, pstride = phase;
+            }
+            T* dst = out + c * g.out_h * g.out_w;
+            for (Index oh = 0; oh < g.out_h; ++oh) {
+                T* d = dst + oh * g.out_w;
+                const Index at = oh * pstride;
+                auto window = [&](Index v0, V& m) {
+                    m = load(ph[0] + at + v0);
+                    for (int j = 1; j < K; ++j) vmax(m, load(ph[j % S] + at + j / S + v0));
+                };
+                if (g.out_w >= L) {
+                    for (Index v0 = 0;; v0 += L) {
+                        v0 = std::min(v0, g.out_w - L);
+                        V m;
+                        window(v0, m);
+                        store(d + v0, m);
+                        if (v0 + L >= g.out_w) break;
+                    }
+                } else {
+                    V m;
+                    window(0, m);
+                    T tail[L];
+                    store(tail, m);
+                    std::copy(tail, tail + g.out_w, d);
+                }
+            }
         },
         g.out_h * g.out_w * K * K);
 }
@@ -150,9 +211,9 @@ template <class T>
 void max_pool2d(const T* in, Index planes, const ConvGeometry& g, T* out) {
     if (g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h == g.kernel_w && g.stride_h == g.stride_w) {
         const Index k = g.kernel_h, s = g.stride_h;
-        if (k == 3 && s == 1) return detail::max_pool_direct<T, 3, 1>(in, planes, g, out);
-        if (k == 3 && s == 2) return detail::max_pool_direct<T, 3, 2>(in, planes, g, out);
-        if (k == 2 && s == 2) return detail::max_pool_direct<T, 2, 2>(in, planes, g, out);
+        if (k == 3 && s == 1) return detail::max_pool_rows<T, 3, 1>(in, planes, g, out);
+        if (k == 3 && s == 2) return detail::max_pool_rows<T, 3, 2>(in, planes, g, out);
+        if (k == 2 && s == 2) return detail::max_pool_rows<T, 2, 2>(in, planes, g, out);
     }
     const auto cols = detail::kernel_columns(g);
     const Index in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
