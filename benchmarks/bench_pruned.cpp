@@ -1,16 +1,28 @@
-// Dense vs pruned forward latency (compiled for inference) of every zoo model (classifiers at 224²,
-// restoration nets at 256², batch 1): L2-magnitude pruning of every group at
-// 25%, 50% and 75%, with and without round_to = 8. After the runs a table gives
-// per variant the latency, the MACs ratio (pruned / dense), the measured speedup,
-// their quotient (efficiency = speedup / (1 / MACs ratio)) and the planned peak
-// activation memory. Use --benchmark_repetitions to get medians.
+// Dense vs pruned forward latency (compiled for inference) of every zoo model
+// (classifiers at 224², restoration nets at 256², batch 1): L2-magnitude
+// pruning of every group at 25%, 50% and 75%, with and without round_to = 8.
+//
+// One benchmark per model. Each of its iterations is a round that runs the
+// dense network and every pruned variant once, back to back, in an order that
+// rotates from round to round, so that the machine's drift (other tenants,
+// clock) falls on all variants alike. The speedup of a variant is the median
+// over rounds of dense time / variant time within the round; efficiency =
+// speedup x MACs ratio (pruned / dense), 1 when the time falls exactly as the
+// MACs do. Latencies are medians over rounds; peak memory is the planned
+// activation memory. The table at the end holds every model;
+// --rounds=N sets the rounds per model (default 9).
 #include <benchmark/benchmark.h>
 
 #include <spade/spade.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +34,7 @@ const std::vector<std::pair<std::string, Factory>>& zoo() {
     using namespace spade::models;
     static const std::vector<std::pair<std::string, Factory>> z{
         {"resnet18", [] { return resnet18<float>(); }},
+        {"resnet34", [] { return resnet34<float>(); }},
         {"resnet50", [] { return resnet50<float>(); }},
         {"vgg16_bn", [] { return vgg16_bn<float>(); }},
         {"mobilenet_v2", [] { return mobilenet_v2<float>(); }},
@@ -42,69 +55,97 @@ struct Variant {
 const std::vector<Variant> variants{{"dense", 0.0, 1},   {"r25", 0.25, 1},    {"r50", 0.5, 1},    {"r75", 0.75, 1},
                                     {"r25_rt8", 0.25, 8}, {"r50_rt8", 0.5, 8}, {"r75_rt8", 0.75, 8}};
 
-void forward(benchmark::State& state, const Factory& make, const Variant& v) {
-    auto g = make();
-    const auto inputs = spade::example_input_shapes(g);
-    const double dense_macs = static_cast<double>(spade::total_macs(g, inputs));
-    if (v.ratio > 0) spade::prune_groups(g, spade::Magnitude<2>{}, {.ratio = v.ratio, .round_to = v.round_to});
-    spade::InferenceModel<float> model(g);  // BN folded, activations fused
-    spade::Tensor<float> x(inputs[0], 0.5f);
-    model.forward(x);  // plan and warm up
-    for (auto _ : state) {
-        auto y = model.forward(x);
-        benchmark::DoNotOptimize(y.data());
-    }
-    state.counters["macs_ratio"] = static_cast<double>(spade::total_macs(g, inputs)) / dense_macs;
-    state.counters["peak_MiB"] = static_cast<double>(model.executor().plan().peak_bytes(sizeof(float))) / 1048576.0;
+// One table row.
+struct Row {
+    double ms = 0, macs_ratio = 1, speedup = 1, peak_mib = 0;
+};
+std::map<std::string, std::vector<Row>>& table() {
+    static std::map<std::string, std::vector<Row>> t;
+    return t;
 }
 
-// Keeps the median (or the single run) of every benchmark, to print the table at the end.
-class Collector : public benchmark::ConsoleReporter {
-public:
-    struct Row {
-        double ms = 0, macs_ratio = 1, peak = 0;
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+void rounds(benchmark::State& state, const std::string& name, const Factory& make) {
+    struct Net {
+        spade::Graph<float> graph;
+        std::unique_ptr<spade::InferenceModel<float>> model;
+        double macs = 0;
+        std::vector<double> ms;
     };
-    std::map<std::string, Row> rows;
-    void ReportRuns(const std::vector<Run>& runs) override {
-        ConsoleReporter::ReportRuns(runs);
-        for (const auto& r : runs) {
-            const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-            if (!median && r.run_type == Run::RT_Aggregate) continue;
-            std::string name = r.run_name.function_name;
-            if (!median && rows.count(name)) continue;  // keep the first plain run unless a median comes
-            rows[name] = {r.GetAdjustedRealTime(), r.counters.at("macs_ratio").value, r.counters.at("peak_MiB").value};
-        }
+    std::vector<Net> nets(variants.size());
+    const auto inputs = spade::example_input_shapes(make());
+    const spade::Tensor<float> x(inputs[0], 0.5f);
+    for (std::size_t v = 0; v < variants.size(); ++v) {
+        nets[v].graph = make();
+        if (variants[v].ratio > 0)
+            spade::prune_groups(nets[v].graph, spade::Magnitude<2>{},
+                                {.ratio = variants[v].ratio, .round_to = variants[v].round_to});
+        nets[v].macs = static_cast<double>(spade::total_macs(nets[v].graph, inputs));
+        nets[v].model = std::make_unique<spade::InferenceModel<float>>(nets[v].graph);  // BN folded, activations fused
+        nets[v].model->forward(x);  // plan and warm up
     }
-};
+    std::size_t round = 0;
+    for (auto _ : state) {
+        for (std::size_t k = 0; k < nets.size(); ++k) {
+            auto& n = nets[(k + round) % nets.size()];
+            const auto t0 = std::chrono::steady_clock::now();
+            auto y = n.model->forward(x);
+            benchmark::DoNotOptimize(y.data());
+            n.ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
+        ++round;
+    }
+    auto& rows = table()[name];
+    rows.assign(variants.size(), Row{});
+    for (std::size_t v = 0; v < variants.size(); ++v) {
+        std::vector<double> ratio;
+        for (std::size_t r = 0; r < nets[v].ms.size(); ++r) ratio.push_back(nets[0].ms[r] / nets[v].ms[r]);
+        auto& row = rows[v];
+        row.ms = median(nets[v].ms);
+        row.macs_ratio = nets[v].macs / nets[0].macs;
+        row.speedup = median(ratio);
+        row.peak_mib = static_cast<double>(nets[v].model->executor().plan().peak_bytes(sizeof(float))) / 1048576.0;
+        state.counters[variants[v].name + "_ms"] = row.ms;
+        if (v > 0) state.counters[variants[v].name + "_eff"] = row.speedup * row.macs_ratio;
+    }
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
+    int rounds_per_model = 9;
+    for (int i = 1; i < argc; ++i)
+        if (std::strncmp(argv[i], "--rounds=", 9) == 0) {
+            rounds_per_model = std::max(1, std::atoi(argv[i] + 9));
+            for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+            --argc;
+            break;
+        }
     for (const auto& [model, make] : zoo())
-        for (const auto& v : variants)
-            benchmark::RegisterBenchmark(("pruned/" + model + "/" + v.name).c_str(), forward, make, v)
-                ->Unit(benchmark::kMillisecond)
-                ->UseRealTime();
+        benchmark::RegisterBenchmark(("pruned/" + model).c_str(), rounds, model, make)
+            ->Iterations(rounds_per_model)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     benchmark::Initialize(&argc, argv);
-    Collector collector;
-    benchmark::RunSpecifiedBenchmarks(&collector);
+    benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     std::printf("\n%-14s %-9s %10s %10s %9s %10s %9s\n", "model", "variant", "ms", "MACs", "speedup", "efficiency",
                 "peak MiB");
     for (const auto& [model, make] : zoo()) {
-        auto dense = collector.rows.find("pruned/" + model + "/dense");
-        for (const auto& v : variants) {
-            auto it = collector.rows.find("pruned/" + model + "/" + v.name);
-            if (it == collector.rows.end()) continue;
-            const auto& r = it->second;
-            if (dense == collector.rows.end() || v.ratio == 0) {
-                std::printf("%-14s %-9s %10.2f %10.3f %9s %10s %9.1f\n", model.c_str(), v.name.c_str(), r.ms, r.macs_ratio,
-                            "", "", r.peak);
-                continue;
-            }
-            const double speedup = dense->second.ms / r.ms;
-            std::printf("%-14s %-9s %10.2f %10.3f %9.2f %10.2f %9.1f\n", model.c_str(), v.name.c_str(), r.ms,
-                        r.macs_ratio, speedup, speedup * r.macs_ratio, r.peak);
+        auto it = table().find(model);
+        if (it == table().end()) continue;
+        for (std::size_t v = 0; v < variants.size(); ++v) {
+            const auto& r = it->second[v];
+            if (v == 0)
+                std::printf("%-14s %-9s %10.2f %10.3f %9s %10s %9.1f\n", model.c_str(), variants[v].name.c_str(), r.ms,
+                            r.macs_ratio, "", "", r.peak_mib);
+            else
+                std::printf("%-14s %-9s %10.2f %10.3f %9.2f %10.2f %9.1f\n", model.c_str(), variants[v].name.c_str(), r.ms,
+                            r.macs_ratio, r.speedup, r.speedup * r.macs_ratio, r.peak_mib);
         }
     }
 }

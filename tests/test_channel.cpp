@@ -95,6 +95,77 @@ TEST_CASE("Concat of a value with itself, and of a value used elsewhere", "[chan
     CHECK(same(y[1], head));
 }
 
+TEST_CASE("Concat of one image is laid out in place: producers write into its output", "[channel]") {
+    // DenseNet-style growth (every layer reads the concat of all earlier features, and
+    // each concat is the next one's prefix), an inception-style concat of branches, a
+    // concat of a graph input and of one value twice (both copied), a nested concat, a
+    // value placed in two concats at different offsets (the later one copies), and
+    // features read again after their concat; the same graph on two identical images
+    // (where nothing is placed) must give the same numbers
+    auto build = [](Index batch) {
+        GraphBuilder<double> b(3);
+        auto x = b.input("x", {batch, 3, 6, 7});
+        auto stem = nn::conv2d(x, "stem", {.out_channels = 4, .kernel = 3, .padding = 1});
+        std::vector<Var<double>> feats{stem};
+        for (int k = 0; k < 3; ++k) {
+            auto cat = nn::concat(feats, "dense" + std::to_string(k) + ".cat");
+            feats.push_back(nn::conv2d(nn::relu(cat, "dense" + std::to_string(k) + ".act"),
+                                       "dense" + std::to_string(k) + ".conv", {.out_channels = 2, .kernel = 3, .padding = 1}));
+        }
+        auto block = nn::concat(feats, "block");  // 4 + 3 * 2 = 10 channels
+        auto conv = [&](const char* name, Index c) { return nn::conv2d(block, name, {.out_channels = c, .kernel = 1}); };
+        auto inception = nn::concat({conv("b1", 3), conv("b2", 5)}, "inception");
+        b.output(nn::concat({inception, conv("b3", 2)}, "nested"));
+        auto c3 = conv("c3", 2), c4 = conv("c4", 1);
+        b.output(nn::concat({c3, c4}, "p1"));  // c3 and c4 also lie in p2, the other way round
+        b.output(nn::concat({c4, c3}, "p2"));
+        b.output(nn::concat({x, conv("c5", 2)}, "with_input"));
+        auto b6 = conv("b6", 2);
+        auto twice = nn::concat({b6, b6}, "twice");
+        b.output(nn::add(nn::conv2d(twice, "mix", {.out_channels = 2, .kernel = 1}), feats[1], "late"));  // feats[1] read late
+        return std::move(b).build();
+    };
+    auto one = build(1), two = build(2);
+    auto in = test::random_tensor<double>({1, 3, 6, 7}, 21);
+    Tensor<double> pair(Shape{2, 3, 6, 7});
+    for (Index i = 0; i < in.numel(); ++i) pair[i] = pair[in.numel() + i] = in[i];
+    Executor<double> ex(one);
+    auto ys = ex.forward({in.ref()});
+    Executor<double> ex2(two);
+    auto ys2 = ex2.forward({pair.ref()});
+    for (std::size_t o = 0; o < ys.size(); ++o) {
+        INFO("output " << o);
+        for (Index i = 0; i < ys[o].numel(); ++i) {
+            CHECK(ys[o][i] == ys2[o][i]);
+            CHECK(ys[o][i] == ys2[o][ys[o].numel() + i]);
+        }
+    }
+    // where the values lie: each dense concat is a prefix of the block, whose parts were
+    // written in place; the branches lie in the inception output, which lies in the nested
+    // concat; graph inputs, repeated values and a second place are copied
+    const auto& p = ex.plan();
+    auto where = [&](const char* node) {
+        const ValueId v = one.node(one.node_id(node)).outputs[0];
+        return std::pair<int, Index>{p.buffer_of[v], p.offset_of[v]};
+    };
+    using At = std::pair<int, Index>;
+    const Index plane = 6 * 7;
+    const int block = where("block").first, nested = where("nested").first, p2 = where("p2").first;
+    CHECK(where("stem") == At{block, 0});
+    CHECK(where("dense1.conv") == At{block, 6 * plane});
+    CHECK(where("dense2.cat") == At{block, 0});
+    CHECK(where("dense0.cat") == At{block, 0});
+    CHECK(where("inception") == At{nested, 0});
+    CHECK(where("b2") == At{nested, 3 * plane});
+    CHECK(where("b3") == At{nested, 8 * plane});
+    CHECK(where("c4") == At{p2, 0});
+    CHECK(where("c3") == At{p2, plane});
+    CHECK(where("p1").first != p2);
+    CHECK(where("c5").first != where("with_input").first);
+    CHECK(where("b6").first != where("twice").first);
+    for (const auto* node : {"block", "nested", "p1", "p2", "with_input", "twice"}) CHECK(where(node).second == 0);
+}
+
 TEST_CASE("Split cuts channels into the given sizes", "[channel]") {
     for (const Shape& s : {Shape{2, 43, 5, 7}, Shape{2, 43}, Shape{1, 43, 9, 4}}) {
         GraphBuilder<double> b;

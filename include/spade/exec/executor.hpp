@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <initializer_list>
 #include <memory>
 #include <span>
@@ -25,6 +27,7 @@ struct ExecPlan {
     std::vector<Shape> input_shapes;
     std::vector<Shape> value_shapes;       ///< indexed by ValueId
     std::vector<int> buffer_of;            ///< buffer per value, -1 for graph inputs
+    std::vector<Index> offset_of;          ///< element offset of each value in its buffer
     std::vector<Index> buffer_elements;    ///< size of each activation buffer
     std::vector<std::vector<Shape>> node_param_shapes;
     Index workspace_elements = 0;          ///< largest scratch any op needs
@@ -122,7 +125,7 @@ public:
             auto it = std::find(ins.begin(), ins.end(), v);
             return inputs_.at(static_cast<std::size_t>(it - ins.begin()));
         }
-        return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]};
+        return {buffers_[plan_.buffer_of[v]].data() + plan_.offset_of[v], plan_.value_shapes[v]};
     }
 
     /// The plan of the last run.
@@ -144,6 +147,18 @@ public:
             for (ValueId v : g.nodes()[i].inputs) last[v] = i;
         for (ValueId v : g.outputs()) last[v] = end;
 
+        // values laid out inside another one (Concat inputs in its output): each
+        // such value's place is (root value, offset); the root's buffer is taken when
+        // the first of them is computed and lives to the last read of any of them
+        const auto place = place_values(p);
+        p.offset_of.assign(g.values().size(), 0);
+        std::vector<int> last_of(g.values().size(), -1);
+        for (std::size_t v = 0; v < g.values().size(); ++v) {
+            const auto [root, off] = place(static_cast<ValueId>(v));
+            p.offset_of[v] = off;
+            last_of[root] = std::max(last_of[root], last[v]);
+        }
+
         std::vector<int> free_list;  // buffers not holding a live value
         for (int i = 0; i < end; ++i) {
             const auto& n = g.nodes()[i];
@@ -152,12 +167,17 @@ public:
             for (ValueId v : n.outputs) out.push_back(p.value_shapes[v]);
             p.workspace_elements = std::max(p.workspace_elements, n.op->workspace_size(ShapeContext{n.name, in, ps}, out));
             p.node_param_shapes.push_back(ps);
-            for (ValueId v : n.outputs) p.buffer_of[v] = take_buffer(p, free_list, p.value_shapes[v].numel());
+            for (ValueId v : n.outputs) {
+                const ValueId root = place(v).first;
+                if (p.buffer_of[root] < 0) p.buffer_of[root] = take_buffer(p, free_list, p.value_shapes[root].numel());
+                p.buffer_of[v] = p.buffer_of[root];
+            }
             // release values whose last reader is this node (or that nobody reads)
             auto release = [&](ValueId v) {
-                if (p.buffer_of[v] >= 0 && last[v] <= i &&
-                    std::find(free_list.begin(), free_list.end(), p.buffer_of[v]) == free_list.end())
-                    free_list.push_back(p.buffer_of[v]);
+                const ValueId root = place(v).first;
+                if (p.buffer_of[root] >= 0 && last_of[root] <= i &&
+                    std::find(free_list.begin(), free_list.end(), p.buffer_of[root]) == free_list.end())
+                    free_list.push_back(p.buffer_of[root]);
             };
             for (ValueId v : n.inputs) release(v);
             for (ValueId v : n.outputs) release(v);
@@ -216,7 +236,65 @@ private:
         return packed;
     }
     const PackedParams* packed(std::size_t node) const { return node < packed_.size() ? packed_[node].get() : nullptr; }
-    TensorRef<T> mutable_value(ValueId v) { return {buffers_[plan_.buffer_of[v]].data(), plan_.value_shapes[v]}; }
+    TensorRef<T> mutable_value(ValueId v) {
+        return {buffers_[plan_.buffer_of[v]].data() + plan_.offset_of[v], plan_.value_shapes[v]};
+    }
+    // Where each value lies: (root value, element offset in the root). Ops that lay
+    // their inputs side by side (Op::input_placement) get them placed in their
+    // output, walking back from the last node so that the outer of two nested concats
+    // is laid out first. An op whose inputs all lie side by side already, inside a
+    // later one's output (DenseNet: each layer's concat is a prefix of the next
+    // layer's), becomes that part of it. A placement that would clash with one made
+    // already (a value in two places, a graph input, the same value twice) leaves the
+    // op to copy.
+    std::function<std::pair<ValueId, Index>(ValueId)> place_values(const ExecPlan& p) const {
+        const auto& g = *graph_;
+        using Place = std::pair<ValueId, Index>;
+        auto parent = std::make_shared<std::vector<Place>>(g.values().size(), Place{-1, 0});
+        auto find = [parent](ValueId v) {
+            Index off = 0;
+            while ((*parent)[v].first >= 0) off += (*parent)[v].second, v = (*parent)[v].first;
+            return Place{v, off};
+        };
+        std::vector<char> external(g.values().size(), 0);
+        for (ValueId v : g.inputs()) external[v] = 1;
+        for (int i = static_cast<int>(g.nodes().size()) - 1; i >= 0; --i) {
+            const auto& n = g.nodes()[i];
+            if (n.outputs.size() != 1) continue;
+            const ValueId y = n.outputs[0];
+            std::vector<Shape> in, out{p.value_shapes[y]};
+            for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
+            const auto at = n.op->input_placement(in, out);
+            if (at.size() != n.inputs.size() || at.empty()) continue;
+            bool ok = true, all_placed = true;
+            std::optional<Place> target;  // where the output lies, or will
+            if (const Place py = find(y); py.first != y) target = py;
+            for (std::size_t k = 0; ok && k < n.inputs.size(); ++k) {
+                const ValueId v = n.inputs[k];
+                ok = !external[v] && std::count(n.inputs.begin(), n.inputs.end(), v) == 1;
+                const auto [r, off] = find(v);
+                if (r == v) {
+                    all_placed = false;
+                } else if (!target) {
+                    target = Place{r, off - at[k]};
+                } else {
+                    ok = ok && r == target->first && off == target->second + at[k];
+                }
+            }
+            if (!ok) continue;
+            if (find(y).first == y && target) {
+                // the output becomes a part of another value: only over inputs already there
+                if (!all_placed || target->second < 0 ||
+                    target->second + out[0].numel() > p.value_shapes[target->first].numel())
+                    continue;
+                (*parent)[y] = *target;
+                continue;
+            }
+            for (std::size_t k = 0; k < n.inputs.size(); ++k)
+                if (find(n.inputs[k]).first == n.inputs[k]) (*parent)[n.inputs[k]] = Place{y, at[k]};
+        }
+        return find;
+    }
 
     const Graph<T>* graph_;
     ExecPlan plan_;

@@ -205,6 +205,14 @@ public:
                                                std::span<const TensorRef<const T>> /*params*/) const {
         return nullptr;
     }
+    /// Where each input lies inside output 0 (element offsets) when the op only lays
+    /// its inputs side by side, as Concat does for one image; empty otherwise. An
+    /// executor may then place every input there from the start, and `forward` must
+    /// leave an input alone whose data already sits at its offset.
+    virtual std::vector<Index> input_placement(std::span<const Shape> /*inputs*/,
+                                               std::span<const Shape> /*outputs*/) const {
+        return {};
+    }
     /// Settings that, with the type name, rebuild the op through the registry.
     virtual Attributes attributes() const { return {}; }
     /// Subgraphs the op owns and runs (fixed-point and loop ops).

@@ -85,9 +85,19 @@ public:
         return {out};
     }
 
+    /// One image: the inputs follow each other in the output.
+    std::vector<Index> input_placement(std::span<const Shape> inputs, std::span<const Shape> outputs) const override {
+        if (outputs[0][0] != 1) return {};
+        std::vector<Index> at;
+        Index off = 0;
+        for (const Shape& s : inputs) at.push_back(off), off += s.numel();
+        return at;
+    }
+
     void forward(const ForwardContext<T>& ctx) const override {
         // every (image, input) block cut into pieces of at most 16K elements, all copied in one
-        // parallel loop: a concat of few large blocks still uses every thread
+        // parallel loop: a concat of few large blocks still uses every thread; an input the
+        // executor placed in the output already (input_placement) is not copied
         const Shape& y = ctx.outputs[0].shape;
         const Index inner = detail::channel_stride(y), out_image = y[1] * inner;
         constexpr Index piece = Index(1) << 14;
@@ -101,8 +111,10 @@ public:
             Index offset = b * out_image;
             for (const auto& x : ctx.inputs) {
                 const Index block = x.shape[1] * inner;
-                for (Index i = 0; i < block; i += piece)
-                    copies.push_back({x.data + b * block + i, ctx.outputs[0].data + offset + i, std::min(piece, block - i)});
+                const T* src = x.data + b * block;
+                T* dst = ctx.outputs[0].data + offset;
+                if (src != dst)
+                    for (Index i = 0; i < block; i += piece) copies.push_back({src + i, dst + i, std::min(piece, block - i)});
                 offset += block;
             }
         }
