@@ -102,6 +102,7 @@ public:
     /// values in place, call set_prepack(true) again (or use InferenceModel::refresh()).
     void set_prepack(bool on) {
         prepack_ = on;
+        if (plan_.graph_version != graph_->version()) plan_ = ExecPlan{};  // stale: the next run plans and packs
         packed_ = on && !plan_.value_shapes.empty() ? pack_all(plan_) : std::vector<std::unique_ptr<PackedParams>>{};
         plan_.packed_bytes = 0;
         for (const auto& pk : packed_)

@@ -177,9 +177,12 @@ template <class T, class V>
 void store_vector(V& acc, T bias, FusedActivation act, T* y, const T* res) {
     acc += bias;
     if (res) acc += load(res);
-    if (act != FusedActivation::none) {
+    // as apply_fused does, lane by lane (ReLU6 keeps a NaN)
+    if (act == FusedActivation::relu) {
         acc = acc > T(0) ? acc : T(0);
-        if (act == FusedActivation::relu6) acc = acc < T(6) ? acc : T(6);
+    } else if (act == FusedActivation::relu6) {
+        acc = acc < T(0) ? T(0) : acc;
+        acc = T(6) < acc ? T(6) : acc;
     }
     store(y, acc);
 }
