@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <optional>
 #include <initializer_list>
 #include <memory>
@@ -103,10 +102,9 @@ public:
     void set_prepack(bool on) {
         prepack_ = on;
         if (plan_.graph_version != graph_->version()) plan_ = ExecPlan{};  // stale: the next run plans and packs
-        packed_ = on && !plan_.value_shapes.empty() ? pack_all(plan_) : std::vector<std::unique_ptr<PackedParams>>{};
+        packed_.clear();
         plan_.packed_bytes = 0;
-        for (const auto& pk : packed_)
-            if (pk) plan_.packed_bytes += pk->bytes();
+        if (on && !plan_.value_shapes.empty()) packed_ = pack_all(plan_);
     }
     bool prepack() const { return prepack_; }
 
@@ -155,9 +153,8 @@ public:
         p.offset_of.assign(g.values().size(), 0);
         std::vector<int> last_of(g.values().size(), -1);
         for (std::size_t v = 0; v < g.values().size(); ++v) {
-            const auto [root, off] = place(static_cast<ValueId>(v));
-            p.offset_of[v] = off;
-            last_of[root] = std::max(last_of[root], last[v]);
+            p.offset_of[v] = place[v].second;
+            last_of[place[v].first] = std::max(last_of[place[v].first], last[v]);
         }
 
         std::vector<int> free_list;  // buffers not holding a live value
@@ -169,13 +166,13 @@ public:
             p.workspace_elements = std::max(p.workspace_elements, n.op->workspace_size(ShapeContext{n.name, in, ps}, out));
             p.node_param_shapes.push_back(ps);
             for (ValueId v : n.outputs) {
-                const ValueId root = place(v).first;
+                const ValueId root = place[v].first;
                 if (p.buffer_of[root] < 0) p.buffer_of[root] = take_buffer(p, free_list, p.value_shapes[root].numel());
                 p.buffer_of[v] = p.buffer_of[root];
             }
             // release values whose last reader is this node (or that nobody reads)
             auto release = [&](ValueId v) {
-                const ValueId root = place(v).first;
+                const ValueId root = place[v].first;
                 if (p.buffer_of[root] >= 0 && last_of[root] <= i &&
                     std::find(free_list.begin(), free_list.end(), p.buffer_of[root]) == free_list.end())
                     free_list.push_back(p.buffer_of[root]);
@@ -188,8 +185,6 @@ public:
         for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].resize(static_cast<std::size_t>(p.buffer_elements[b]));
         std::vector<T> workspace(static_cast<std::size_t>(p.workspace_elements));
         auto packed = prepack_ ? pack_all(p) : std::vector<std::unique_ptr<PackedParams>>{};
-        for (const auto& pk : packed)
-            if (pk) p.packed_bytes += pk->bytes();
         buffers_ = std::move(buffers);
         workspace_ = std::move(workspace);
         packed_ = std::move(packed);
@@ -222,8 +217,8 @@ private:
         free_list.erase(std::find(free_list.begin(), free_list.end(), best));
         return best;
     }
-    // every node's Op::pack for the shapes of plan `p`
-    std::vector<std::unique_ptr<PackedParams>> pack_all(const ExecPlan& p) const {
+    // every node's Op::pack for the shapes of plan `p`, whose packed_bytes it sets
+    std::vector<std::unique_ptr<PackedParams>> pack_all(ExecPlan& p) const {
         const auto& g = *graph_;
         std::vector<std::unique_ptr<PackedParams>> packed(g.nodes().size());
         for (std::size_t i = 0; i < packed.size(); ++i) {
@@ -233,6 +228,7 @@ private:
             for (ValueId v : n.inputs) in.push_back(p.value_shapes[v]);
             for (ParamId q : n.params) ps.push_back(g.parameter(q).ref());
             packed[i] = n.op->pack(ShapeContext{n.name, in, p.node_param_shapes[i]}, ps);
+            if (packed[i]) p.packed_bytes += packed[i]->bytes();
         }
         return packed;
     }
@@ -248,13 +244,13 @@ private:
     // layer's), becomes that part of it. A placement that would clash with one made
     // already (a value in two places, a graph input, the same value twice) leaves the
     // op to copy.
-    std::function<std::pair<ValueId, Index>(ValueId)> place_values(const ExecPlan& p) const {
+    std::vector<std::pair<ValueId, Index>> place_values(const ExecPlan& p) const {
         const auto& g = *graph_;
         using Place = std::pair<ValueId, Index>;
-        auto parent = std::make_shared<std::vector<Place>>(g.values().size(), Place{-1, 0});
-        auto find = [parent](ValueId v) {
+        std::vector<Place> parent(g.values().size(), Place{-1, 0});  // the value a value lies in, and where
+        auto find = [&](ValueId v) {
             Index off = 0;
-            while ((*parent)[v].first >= 0) off += (*parent)[v].second, v = (*parent)[v].first;
+            while (parent[v].first >= 0) off += parent[v].second, v = parent[v].first;
             return Place{v, off};
         };
         std::vector<char> external(g.values().size(), 0);
@@ -288,13 +284,15 @@ private:
                 if (!all_placed || target->second < 0 ||
                     target->second + out[0].numel() > p.value_shapes[target->first].numel())
                     continue;
-                (*parent)[y] = *target;
+                parent[y] = *target;
                 continue;
             }
             for (std::size_t k = 0; k < n.inputs.size(); ++k)
-                if (find(n.inputs[k]).first == n.inputs[k]) (*parent)[n.inputs[k]] = Place{y, at[k]};
+                if (find(n.inputs[k]).first == n.inputs[k]) parent[n.inputs[k]] = Place{y, at[k]};
         }
-        return find;
+        std::vector<Place> placed(g.values().size());
+        for (std::size_t v = 0; v < placed.size(); ++v) placed[v] = find(static_cast<ValueId>(v));
+        return placed;
     }
 
     const Graph<T>* graph_;

@@ -56,14 +56,12 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
                 for (Index oh = 0; oh < g.out_h; ++oh) {
                     T* yr = yc + oh * g.out_w;
                     const T* rr = rc ? rc + oh * g.out_w : nullptr;
-                    for (Index ow = 0;; ow += N * L) {
-                        ow = std::min(ow, g.out_w - N * L);
+                    detail::cover(g.out_w, N * L, [&](Index ow) {
                         V acc[N];
                         taps(oh * dg.wq + ow, acc);
                         for (int n = 0; n < N; ++n)
                             detail::store_vector(acc[n], bc, act, yr + ow + n * L, rr ? rr + ow + n * L : nullptr);
-                        if (ow + N * L >= g.out_w) break;
-                    }
+                    });
                 }
             };
             if (g.out_w >= 4 * L) return rows.template operator()<4>();

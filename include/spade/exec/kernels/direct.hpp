@@ -60,6 +60,17 @@ template <class T, class V>
 void store(T* p, const V& v) {
     *reinterpret_cast<typename Lanes<T>::unaligned*>(p) = v;
 }
+// Calls f(q) for q = 0, w, 2w, ... covering [0, n) (n >= w) in whole pieces of w:
+// the last piece is shifted back to end at n, so a few elements are done twice
+// instead of leaving a partial vector.
+template <class F>
+[[gnu::always_inline]] inline void cover(Index n, Index w, F&& f) {
+    for (Index q = 0;; q += w) {
+        q = std::min(q, n - w);
+        f(q);
+        if (q + w >= n) break;
+    }
+}
 }  // namespace detail
 
 /// Output channels per weight panel of the direct kernel.

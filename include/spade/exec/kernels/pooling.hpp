@@ -147,13 +147,11 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
                 if (n == 0) {  // a window of padding rows only
                     std::fill(r, r + g.in_w, lowest);
                 } else if (g.in_w >= L) {
-                    for (Index q = 0;; q += L) {
-                        q = std::min(q, g.in_w - L);
+                    cover(g.in_w, L, [&](Index q) {
                         V m = load(rows[0] + q);
                         for (int i = 1; i < n; ++i) vmax(m, load(rows[i] + q));
                         store(r + q, m);
-                        if (q + L >= g.in_w) break;
-                    }
+                    });
                 } else {
                     for (Index q = 0; q < g.in_w; ++q) {
                         T m = rows[0][q];
@@ -183,13 +181,11 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
                     for (int j = 1; j < K; ++j) vmax(m, load(ph[j % S] + at + j / S + v0));
                 };
                 if (g.out_w >= L) {
-                    for (Index v0 = 0;; v0 += L) {
-                        v0 = std::min(v0, g.out_w - L);
+                    cover(g.out_w, L, [&](Index v0) {
                         V m;
                         window(v0, m);
                         store(d + v0, m);
-                        if (v0 + L >= g.out_w) break;
-                    }
+                    });
                 } else {
                     V m;
                     window(0, m);
