@@ -217,3 +217,25 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     CHECK(test::max_rel_err(packed.forward({in.ref()})[1], grown[1]) == 0.0);
     CHECK(packed.plan().packed_bytes == Index((whole(11) * 5 * 9 + whole(9) * 6 * 49 + whole(2) * 9 * 9) * sizeof(double)));
 }
+
+TEST_CASE("stride-2 phase planes split a row into its even and odd columns, in bounds", "[conv]") {
+    // every length around the vector widths, float and double; sentinels past both outputs stay untouched
+    auto check = []<class T>(T) {
+        for (Index n = 0; n <= 41; ++n) {
+            std::vector<T> src(static_cast<std::size_t>(n));
+            for (Index i = 0; i < n; ++i) src[i] = T(i + 1);
+            const Index ne = (n + 1) / 2, no = n / 2;
+            std::vector<T> even(static_cast<std::size_t>(ne + 1), T(-7)), odd(static_cast<std::size_t>(no + 1), T(-7));
+            kernels::detail::split_even_odd(src.data(), n, even.data(), odd.data());
+            for (Index k = 0; k < ne; ++k) CHECK(even[k] == T(2 * k + 1));
+            for (Index k = 0; k < no; ++k) CHECK(odd[k] == T(2 * k + 2));
+            CHECK(even[ne] == T(-7));
+            CHECK(odd[no] == T(-7));
+            std::vector<T> only(static_cast<std::size_t>(ne + 1), T(-7));  // without odd outputs
+            kernels::detail::split_even_odd(src.data(), n, only.data(), static_cast<T*>(nullptr));
+            CHECK(std::equal(only.begin(), only.end(), even.begin()));
+        }
+    };
+    check(0.0f);
+    check(0.0);
+}
