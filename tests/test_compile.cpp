@@ -135,7 +135,7 @@ TEST_CASE("compile: residual additions join the conv that produces one operand",
         CHECK(count_residual(k) == blocks);
         CHECK(count_type(k, "Add") + count_type(k, "AddReLU") == 0);
     }
-    // every conv kernel path adds the residual before its activation: GEMM, direct,
+    // every conv kernel path adds the residual before its activation: GEMM, direct, 1x1 direct,
     // im2col (one product, and pixel blocks per thread), grouped, depthwise (phase
     // planes and the plain loop), batch 2
     const std::vector<std::pair<Shape, Conv2dOptions>> paths{
@@ -148,6 +148,7 @@ TEST_CASE("compile: residual additions join the conv that produces one operand",
         {{1, 3, 6, 41}, {.out_channels = 3, .kernel = 3, .padding = 1, .groups = 3}},  // depthwise by rows
         {{1, 6, 9, 7}, {.out_channels = 6, .kernel = 5, .padding = 2, .groups = 6}},
         {{1, 5, 6, 45}, {.out_channels = 9, .kernel = 3, .padding = 1}},  // direct: steps inside a row
+        {{2, 7, 17, 17}, {.out_channels = 6, .kernel = 1}},               // 1x1 on the direct tiles
     };
     for (const auto& [shape, options] : paths) {
         INFO("input " << shape << " kernel " << options.kernel.h << " groups " << options.groups);

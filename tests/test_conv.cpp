@@ -56,6 +56,11 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 6, 7, 7, {.out_channels = 4, .kernel = 1, .stride = 2}},
         // 1x1 over a plane wide enough to be split into one band of pixels per thread
         {2, 7, 12, 11, {.out_channels = 5, .kernel = 1}},
+        // 1x1 with at most 16 outputs over 256 pixels or more: the direct tiles in place (partial
+        // panels, a last step shifted back; whole panels and steps); 17 outputs stay on the GEMM
+        {2, 7, 17, 17, {.out_channels = 7, .kernel = 1}},
+        {1, 40, 16, 16, {.out_channels = 16, .kernel = 1, .bias = false}},
+        {1, 5, 16, 16, {.out_channels = 17, .kernel = 1}},
         // few pixels, many output channels: split into bands of weight rows per thread
         {1, 9, 5, 6, {.out_channels = 40, .kernel = 1}},
         {2, 5, 6, 7, {.out_channels = 36, .kernel = 3, .padding = 1}},
@@ -114,6 +119,7 @@ TEST_CASE("Conv2d applies a fused activation after the bias on every kernel path
         {5, 6, 40, {.out_channels = 11, .kernel = 3, .padding = 1, .activation = FusedActivation::relu}},    // direct
         {5, 6, 9, {.out_channels = 11, .kernel = 3, .padding = 1, .activation = FusedActivation::relu6}},    // im2col
         {7, 12, 11, {.out_channels = 5, .kernel = 1, .activation = FusedActivation::relu}},                  // 1x1
+        {9, 17, 17, {.out_channels = 6, .kernel = 1, .activation = FusedActivation::relu6}},                 // 1x1 direct
         {4, 7, 10, {.out_channels = 8, .kernel = 3, .padding = 1, .groups = 4, .activation = FusedActivation::relu6}},
         {64, 40, 45, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 1, .activation = FusedActivation::relu}},
         {3, 17, 15, {.out_channels = 6, .kernel = 7, .stride = 2, .padding = 3, .activation = FusedActivation::relu}},
@@ -238,4 +244,18 @@ TEST_CASE("stride-2 phase planes split a row into its even and odd columns, in b
     };
     check(0.0f);
     check(0.0);
+}
+
+TEST_CASE("a 1x1 conv on the direct tiles packs its weights once per plan and computes the same", "[conv]") {
+    GraphBuilder<double> b(11);
+    auto x = b.input("x", {2, 9, 17, 16});
+    b.output(nn::conv2d(x, "p", {.out_channels = 7, .kernel = 1, .activation = FusedActivation::relu}));
+    auto g = std::move(b).build();
+    auto in = test::random_tensor<double>({2, 9, 17, 16}, 4);
+    Executor<double> plain(g), packed(g);
+    packed.set_prepack(true);
+    const auto want = plain.forward(in);
+    CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
+    const Index panels = (7 + kernels::direct_mr - 1) / kernels::direct_mr;
+    CHECK(packed.plan().packed_bytes == Index(panels * kernels::direct_mr * 9 * sizeof(double)));
 }
