@@ -144,9 +144,10 @@ void store_odd_lanes(const V& a, const V& b, T* dst, std::index_sequence<I...>) 
 }
 
 // even[k] = src[2 k] for k < ceil(n / 2) and, if odd is not null, odd[k] = src[2 k + 1] for k < floor(n / 2).
-// With AVX-512, whole vectors are gathered by one two-source permute; narrower targets (Zen's AVX2
-// splits a lane-crossing permute into several slow micro-ops) go 16 bytes at a time through one
-// in-lane shuffle per output, which measured 2-3x faster than 32-byte permutes on Zen.
+// With AVX-512, whole vectors are gathered by one two-source permute; narrower targets go 16 bytes
+// at a time through one in-lane shuffle per output: Zen's AVX2 splits a lane-crossing 32-byte
+// permute into several slow micro-ops, and filling a stride-2 channel's planes this way measured
+// 2.3x faster there.
 template <class T>
 void split_even_odd(const T* src, Index n, T* even, T* odd) {
     Index k = 0;
@@ -373,9 +374,9 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
 /// place: x [cin, n] (n >= direct_nr pixels), y and res (optional) [cout, n]; `packed` comes from
 /// pack_direct_weights with one tap. The last step of a plane is shifted back to end at n, so
 /// every step is whole and finished in registers. Jobs are blocks of steps whose input (about
-/// 16 KiB) stays in L1 while every panel of weights passes over it. For a few output channels
-/// this measured 1.1-1.5x faster than Eigen's GEMM, which packs the whole image first and
-/// accumulates into a zeroed result; for many it is slower (Conv2d picks).
+/// 16 KiB) stays in L1 while every panel of weights passes over it. For up to 16 output channels
+/// this measured 1.06-1.5x faster than Eigen's GEMM (which packs the whole image first and
+/// accumulates into a zeroed result) on Zen; for many it is slower (Conv2d picks).
 template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
                     T* y, const T* res = nullptr) {
@@ -397,10 +398,10 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
                     const T* a = packed + p * cin * MR;
                     const T* xc = x + f0;
                     for (Index c = 0; c < cin; ++c, xc += n, a += MR) {
-                        V v_[NV];
-                        for (int v = 0; v < NV; ++v) v_[v] = detail::load(xc + v * L);
+                        V xv[NV];
+                        for (int v = 0; v < NV; ++v) xv[v] = detail::load(xc + v * L);
                         for (int r = 0; r < MR; ++r)
-                            for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * v_[v];
+                            for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * xv[v];
                     }
                     for (Index r = 0; r < rows; ++r) {
                         const Index o = p * MR + r;

@@ -204,7 +204,7 @@ private:
     // channels im2col + GEMM measured up to 10% faster, so those stay on it.
     // A 1x1 conv with at most 16 outputs over at least 256 pixels (the projections
     // of pruned inverted residuals, pruned bottleneck reductions) runs on the direct
-    // tiles in place (kernels::conv_pointwise), 1.1-1.5x faster than the GEMM there;
+    // tiles in place (kernels::conv_pointwise), 1.06-1.5x faster than the GEMM there;
     // with more outputs the GEMM is faster.
     enum class Direct { none, k1, k3s1, k3s2, k7s2 };
     Direct direct(const kernels::ConvGeometry& g, Index cin, Index cout) const {
