@@ -50,3 +50,32 @@ TEST_CASE("TensorView and Tensor report shape errors with the shapes", "[tensor]
     t.reshape({3, 2});
     CHECK(t.shape() == Shape{3, 2});
 }
+
+TEST_CASE("ThreadScratch gives each thread its own cache lines, set to the initial value", "[tensor]") {
+    const int threads = std::max(2, num_threads());
+    set_num_threads(threads);
+    for (std::size_t per : {std::size_t(1), std::size_t(15), std::size_t(148), std::size_t(1000)}) {
+        ThreadScratch<float> scratch(per, -1.5f);
+        std::vector<std::uintptr_t> begin(static_cast<std::size_t>(threads), 0);
+        std::vector<int> good(static_cast<std::size_t>(threads), 1);
+        parallel_for(
+            threads,
+            [&](long t) {
+                float* s = scratch.slice();
+                begin[static_cast<std::size_t>(t)] = reinterpret_cast<std::uintptr_t>(s);
+                for (std::size_t i = 0; i < per; ++i) good[static_cast<std::size_t>(t)] &= s[i] == -1.5f;
+                std::fill(s, s + per, float(t));
+            },
+            1 << 20);
+        std::sort(begin.begin(), begin.end());
+        for (int t = 0; t < threads; ++t) {
+            INFO("per thread " << per << ", thread " << t);
+            CHECK(good[static_cast<std::size_t>(t)] == 1);
+            CHECK(begin[static_cast<std::size_t>(t)] % 64 == 0);  // starts a cache line
+            // the next slice starts past this one's last line and one more
+            if (t + 1 < threads && num_threads() > 1)
+                CHECK(begin[static_cast<std::size_t>(t) + 1] >= (begin[static_cast<std::size_t>(t)] + per * sizeof(float) + 63) / 64 * 64 + 64);
+        }
+    }
+    set_num_threads(0);
+}

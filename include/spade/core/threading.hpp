@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -53,21 +54,29 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 /// Scratch memory for a parallel_for body: one slice of `per_thread` elements (set
 /// to `init`) for each thread that may run the body, allocated up front (outside
 /// the parallel region, so a failed allocation throws where the caller can catch it).
-/// slice() is the calling thread's. Inside an enclosing parallel region,
-/// parallel_for runs serially, and so one slice is enough.
+/// slice() is the calling thread's. Slices start on separate cache lines with a line
+/// between them: two threads writing their own small slices (a depthwise channel's
+/// planes at 7 x 7) never share a line, which made such loops no faster on two
+/// threads than on one. Inside an enclosing parallel region, parallel_for runs
+/// serially, and so one slice is enough.
 template <class T>
 class ThreadScratch {
 public:
     explicit ThreadScratch(std::size_t per_thread, T init = T(0))
-        : per_(per_thread), slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())), data_(slices_ * per_, init) {}
+        : per_(padded(per_thread)), slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())),
+          data_(slices_ * per_ + line, init) {}
     T* slice() {
+        T* first = data_.data() + (line - reinterpret_cast<std::uintptr_t>(data_.data()) % 64 / sizeof(T)) % line;
 #if defined(_OPENMP)
-        if (slices_ > 1) return data_.data() + static_cast<std::size_t>(omp_get_thread_num()) * per_;
+        if (slices_ > 1) return first + static_cast<std::size_t>(omp_get_thread_num()) * per_;
 #endif
-        return data_.data();
+        return first;
     }
 
 private:
+    static constexpr std::size_t line = 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;  // elements per cache line
+    // whole cache lines, plus one that no thread writes
+    static std::size_t padded(std::size_t n) { return (n + line - 1) / line * line + line; }
     static bool nested() {
 #if defined(_OPENMP)
         return omp_in_parallel();
