@@ -3,7 +3,10 @@
 
 For each model the script times PyTorch (eval mode, no_grad, torch.set_num_threads(T))
 and then spade's `latency` tool (compiled for inference, OMP_NUM_THREADS=T), batch 1,
-and prints both medians and their ratio. Needs Debian's python3-torch and
+and prints both medians and their ratio. With --rounds R (default 3) the two take
+turns R times, each time for --reps runs, and the ratio is the median of the R
+per-round ratios: the machine's speed drifts (on a shared VM by tens of percent
+within minutes), and turns keep the drift from falling on one side only. Needs Debian's python3-torch and
 python3-torchvision (optional dependencies of spade) and a build of the `latency`
 target:
 
@@ -62,6 +65,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="turns of PyTorch and spade per model")
     p.add_argument("--latency", default=os.path.join(os.path.dirname(__file__), "..", "build", "benchmarks", "latency"),
                    help="path of spade's latency tool")
     p.add_argument("models", nargs="*", default=["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "edsr"])
@@ -75,7 +79,7 @@ def main():
         sys.exit(f"no spade latency tool at {a.latency}; build it: cmake --build build -j2 --target latency")
     torch.set_num_threads(a.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    print(f"batch 1, {a.threads} thread(s), median of {a.reps} runs, float32")
+    print(f"batch 1, {a.threads} thread(s), median of {a.reps} runs in each of {a.rounds} turns, float32")
     print(f"{'model':<14} {'input':<12} {'PyTorch ms':>11} {'spade ms':>10} {'spade / PyTorch':>16}")
     for name in a.models:
         if name == "edsr":
@@ -83,10 +87,14 @@ def main():
         else:
             model, shape = getattr(torchvision.models, name)(), (1, 3, 224, 224)
         model.eval()
-        t_torch = torch_latency(torch, model, shape, a.reps)
-        out = subprocess.run([a.latency, name, str(a.reps)], env=env, capture_output=True, text=True, check=True)
-        t_spade = float(out.stdout.split()[1])
-        print(f"{name:<14} {'x'.join(map(str, shape[2:])):<12} {t_torch:>11.2f} {t_spade:>10.2f} {t_spade / t_torch:>16.2f}")
+        torch_ms, spade_ms = [], []
+        for _ in range(max(1, a.rounds)):
+            torch_ms.append(torch_latency(torch, model, shape, a.reps))
+            out = subprocess.run([a.latency, name, str(a.reps)], env=env, capture_output=True, text=True, check=True)
+            spade_ms.append(float(out.stdout.split()[1]))
+        ratio = statistics.median(s / t for s, t in zip(spade_ms, torch_ms))
+        print(f"{name:<14} {'x'.join(map(str, shape[2:])):<12} {statistics.median(torch_ms):>11.2f} "
+              f"{statistics.median(spade_ms):>10.2f} {ratio:>16.2f}")
 
 
 if __name__ == "__main__":
