@@ -80,6 +80,12 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 3, 2, 3, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1}},
         {1, 3, 23, 19, {.out_channels = 13, .kernel = 7, .stride = 2, .padding = 3}},
         {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
+        // stride-2 phase planes of every padding parity over odd and even widths
+        {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2}},
+        {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 2}},
+        {1, 2, 6, 37, {.out_channels = 3, .kernel = 3, .stride = 2, .padding = 2}},
+        {1, 2, 13, 19, {.out_channels = 5, .kernel = 7, .stride = 2, .padding = 2}},
+        {1, 4, 9, 11, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 2, .groups = 4}},
         // stride 2 with 256 input channels stays on im2col + GEMM
         {1, 256, 6, 5, {.out_channels = 3, .kernel = 3, .stride = 2, .padding = 1}},
         // depthwise 3x3 through phase planes: stride 1 and 2, multipliers, no padding, a 1x1 input
@@ -258,4 +264,26 @@ TEST_CASE("a 1x1 conv on the direct tiles packs its weights once per plan and co
     CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
     const Index panels = (7 + kernels::direct_mr - 1) / kernels::direct_mr;
     CHECK(packed.plan().packed_bytes == Index(panels * kernels::direct_mr * 9 * sizeof(double)));
+}
+
+TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[conv]") {
+    // float's vectors hold twice double's lanes: other step and panel boundaries than the double tests
+    for (Index cout : {Index(3), Index(16)}) {
+        GraphBuilder<float> b(13);
+        auto x = b.input("x", {1, 9, 17, 19});
+        b.output(nn::conv2d(x, "p", {.out_channels = cout, .kernel = 1}));
+        auto g = std::move(b).build();
+        auto in = test::random_tensor<float>({1, 9, 17, 19}, 5);
+        const auto y = test::run(g, in);
+        const float* w = g.parameter("p.weight").data();
+        const float* bias = g.parameter("p.bias").data();
+        double worst = 0;
+        for (Index o = 0; o < cout; ++o)
+            for (Index p = 0; p < 17 * 19; ++p) {
+                double want = bias[o];
+                for (Index c = 0; c < 9; ++c) want += double(w[o * 9 + c]) * double(in.data()[c * 17 * 19 + p]);
+                worst = std::max(worst, std::abs(double(y.data()[o * 17 * 19 + p]) - want));
+            }
+        CHECK(worst < 1e-5);
+    }
 }

@@ -162,6 +162,7 @@ void split_even_odd(const T* src, Index n, T* even, T* odd) {
     } else {
         typedef T H __attribute__((vector_size(16), aligned(alignof(T)), may_alias));
         constexpr Index h = 16 / static_cast<Index>(sizeof(T));
+        static_assert(h == 4 || h == 2, "split_even_odd: 4- or 8-byte elements");
         for (; 2 * k + 2 * h <= n; k += h) {
             const H a = *reinterpret_cast<const H*>(src + 2 * k), b = *reinterpret_cast<const H*>(src + 2 * k + h);
             if constexpr (h == 4) {
@@ -373,8 +374,10 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
 /// y[o] = act(bias[o] + sum_c w[o, c] x[c] + res[o]) for a 1x1 convolution of one image read in
 /// place: x [cin, n] (n >= direct_nr pixels), y and res (optional) [cout, n]; `packed` comes from
 /// pack_direct_weights with one tap. The last step of a plane is shifted back to end at n, so
-/// every step is whole and finished in registers. Jobs are blocks of steps whose input (about
-/// 16 KiB) stays in L1 while every panel of weights passes over it. For up to 16 output channels
+/// every step is whole and finished in registers; it overlaps the step before, and the two
+/// are always in one job (no two threads write the same outputs). Jobs are blocks of steps
+/// whose input (4096 elements, 16 KiB of floats, unless one step alone needs more) stays in
+/// L1 while every panel of weights passes over it. For up to 16 output channels
 /// this measured 1.06-1.5x faster than Eigen's GEMM (which packs the whole image first and
 /// accumulates into a zeroed result) on Zen; for many it is slower (Conv2d picks).
 template <class T>
@@ -385,12 +388,14 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
     constexpr Index NR = direct_nr<T>();
     const Index panels = (cout + MR - 1) / MR, steps = (n + NR - 1) / NR;
     const Index block = std::clamp<Index>(Index(1 << 12) / (NR * cin), 1, std::max<Index>(1, steps / (2 * num_threads())));
+    const Index jobs = std::max<Index>(1, (steps - 1) / block);  // the last job takes the rest, two steps or more
     parallel_for(
-        (steps + block - 1) / block,
+        jobs,
         [&](long b) {
+            const Index s0 = b * block, s1 = b + 1 == jobs ? steps : s0 + block;
             for (Index p = 0; p < panels; ++p) {
                 const Index rows = std::min<Index>(MR, cout - p * MR);
-                for (Index s = b * block; s < std::min(steps, (b + 1) * block); ++s) {
+                for (Index s = s0; s < s1; ++s) {
                     const Index f0 = std::min(s * NR, n - NR);
                     V acc[MR][NV];
                     for (int r = 0; r < MR; ++r)

@@ -36,7 +36,7 @@ struct NoEpilogue {
 
 /// C = A * B as gemm(), split over spade's threads into independent single-threaded
 /// products: bands of rows of A when each thread gets at least 16, else bands of
-/// columns (at least 64 each, whole cache lines), else one product threaded by Eigen.
+/// columns (at least 64 each), else one product threaded by Eigen.
 /// Independent bands need no synchronisation inside the product, which measured faster
 /// than Eigen's own split. Rows come first because in a network A is the weights, read
 /// cold from memory, and B the activations the previous layer just wrote: row bands read
@@ -57,8 +57,7 @@ void gemm_parallel(Index m, Index n, Index k, const T* a, Index lda, const T* b,
             epilogue(i0, i1, 0, n);
         }, 1 << 20);
     } else if (threads > 1 && n / threads >= 64) {
-        constexpr Index line = std::max<Index>(1, 64 / Index(sizeof(T)));  // bands end on cache lines of a row
-        const Index band = ((n + threads - 1) / threads + line - 1) / line * line;
+        const Index band = (n + threads - 1) / threads;
         parallel_for(threads, [&](long t) {
             const Index j0 = t * band, j1 = std::min(n, j0 + band);
             if (j1 <= j0) return;

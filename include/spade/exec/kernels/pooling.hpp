@@ -166,10 +166,8 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
             if constexpr (S == 2) {
                 T* even = red + reduced;
                 T* odd = even + g.out_h * phase;
-                for (Index oh = 0; oh < g.out_h; ++oh) {
-                    deinterleave(red + oh * width, phase, even + oh * phase);
-                    deinterleave(red + oh * width + 1, phase, odd + oh * phase);
-                }
+                for (Index oh = 0; oh < g.out_h; ++oh)  // rows hold at least 2 * phase columns
+                    split_even_odd(red + oh * width, 2 * phase, even + oh * phase, odd + oh * phase);
                 ph[0] = even, ph[1] = odd, pstride = phase;
             }
             T* dst = out + c * g.out_h * g.out_w;
