@@ -55,9 +55,9 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 /// to `init`) for each thread that may run the body, allocated up front (outside
 /// the parallel region, so a failed allocation throws where the caller can catch it).
 /// slice() is the calling thread's. Slices start on separate cache lines (for element
-/// sizes that divide 64 bytes) with a line between them: two threads writing their own small slices (a depthwise channel's
-/// planes at 7 x 7) never share a line, which made such loops no faster on two
-/// threads than on one. Inside an enclosing parallel region, parallel_for runs
+/// sizes that divide 64 bytes) with a spare line between them, so two threads writing
+/// their own small slices (a depthwise channel's planes at 7 x 7, once per channel)
+/// never write the same line. Inside an enclosing parallel region, parallel_for runs
 /// serially, and so one slice is enough.
 template <class T>
 class ThreadScratch {

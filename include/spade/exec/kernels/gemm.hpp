@@ -36,11 +36,11 @@ struct NoEpilogue {
 
 /// C = A * B as gemm(), split over spade's threads into independent single-threaded
 /// products: bands of rows of A when each thread gets at least 16, else bands of
-/// columns (at least 64 each), else one product threaded by Eigen.
-/// Independent bands need no synchronisation inside the product, which measured faster
-/// than Eigen's own split. Rows come first because in a network A is the weights, read
-/// cold from memory, and B the activations the previous layer just wrote: row bands read
-/// each weight once, column bands once per thread (pruned ResNet-50's 1x1 convs ran 1.3x
+/// columns (at least 64 each), else one product threaded by Eigen. Independent bands
+/// need no synchronisation inside the product, which measured faster than Eigen's own
+/// split. Rows come first because in a network A is the weights, read cold from
+/// memory, and B the activations the previous layer just wrote: row bands read each
+/// weight once, column bands once per thread (pruned ResNet-50's 1x1 convs ran 1.3x
 /// faster on rows).
 /// `epilogue(i0, i1, j0, j1)` runs on each band of C (rows [i0, i1), columns [j0, j1))
 /// right after its product, on the same thread, while the band is still in cache.
