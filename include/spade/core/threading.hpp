@@ -64,13 +64,15 @@ class ThreadScratch {
 public:
     explicit ThreadScratch(std::size_t per_thread, T init = T(0))
         : per_(padded(per_thread)), slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())),
-          data_(slices_ * per_ + line, init) {}
+          data_(slices_ * per_ + line, init),
+          first_(data_.data() + (line - reinterpret_cast<std::uintptr_t>(data_.data()) % 64 / sizeof(T)) % line) {}
+    ThreadScratch(const ThreadScratch&) = delete;  // first_ points into data_
+    ThreadScratch& operator=(const ThreadScratch&) = delete;
     T* slice() {
-        T* first = data_.data() + (line - reinterpret_cast<std::uintptr_t>(data_.data()) % 64 / sizeof(T)) % line;
 #if defined(_OPENMP)
-        if (slices_ > 1) return first + static_cast<std::size_t>(omp_get_thread_num()) * per_;
+        if (slices_ > 1) return first_ + static_cast<std::size_t>(omp_get_thread_num()) * per_;
 #endif
-        return first;
+        return first_;
     }
 
 private:
@@ -86,6 +88,7 @@ private:
     }
     std::size_t per_, slices_;
     std::vector<T> data_;
+    T* first_;  // the first element of data_ on a cache line
 };
 
 /// Runs `body(i)` for i in [0, n) with items handed out one at a time, for a few

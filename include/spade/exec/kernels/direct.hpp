@@ -180,16 +180,10 @@ void split_even_odd(const T* src, Index n, T* even, T* odd) {
     }
 }
 
-// dst[q] = src[2 q] for q in [0, n)
-template <class T>
-void deinterleave(const T* src, Index n, T* dst) {
-    if (n > 0) split_even_odd(src, 2 * n - 1, dst, static_cast<T*>(nullptr));
-}
-
 // Where the two column phases of a stride-2 plane take an input row's columns: phase b column q
 // holds input column 2 q + b - pad_w, so one phase is the row's even columns from column `at` on
 // and the other its odd columns. With even padding phase 0 takes the even ones, with odd padding
-// the odd ones.
+// the odd ones. Both fit in any geometry direct_geometry lays out: wq >= pad_w + ceil(w / 2).
 struct PhaseSplit {
     Index at[2], count[2];  // per phase: first plane column and number of input columns
     bool even_pad;
@@ -198,7 +192,6 @@ struct PhaseSplit {
         at[0] = even_pad ? m : m + 1, count[0] = even_pad ? ne : no;
         at[1] = m, count[1] = even_pad ? no : ne;
     }
-    bool fits(Index wq) const { return at[0] + count[0] <= wq && at[1] + count[1] <= wq; }
     // dst[0] and dst[1] (wq columns each) from input row src, padded with `pad`
     template <class T>
     void fill(const T* src, Index w, Index wq, T* const dst[2], T pad) const {
@@ -215,24 +208,22 @@ struct PhaseSplit {
 // Copies one channel x [h, w] into its S x S phase planes (see the file comment), padded with `pad`.
 template <class T, int S>
 void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T(0)) {
-    if constexpr (S == 2) {  // both column phases of a row in one pass, when they fit
+    if constexpr (S == 2) {  // both column phases of a row in one pass
         const PhaseSplit split(g);
-        if (split.fits(g.wq)) {
-            for (int a = 0; a < 2; ++a) {
-                for (Index r = 0; r < g.hq; ++r) {
-                    T* const dst[2] = {planes + (a * 2) * g.plane + r * g.wq, planes + (a * 2 + 1) * g.plane + r * g.wq};
-                    const Index ih = r * 2 + a - g.pad_h;
-                    if (ih >= 0 && ih < g.h) {
-                        split.fill(x + ih * g.w, g.w, g.wq, dst, pad);
-                    } else {
-                        std::fill(dst[0], dst[0] + g.wq, pad);
-                        std::fill(dst[1], dst[1] + g.wq, pad);
-                    }
+        for (int a = 0; a < 2; ++a) {
+            for (Index r = 0; r < g.hq; ++r) {
+                T* const dst[2] = {planes + (a * 2) * g.plane + r * g.wq, planes + (a * 2 + 1) * g.plane + r * g.wq};
+                const Index ih = r * 2 + a - g.pad_h;
+                if (ih >= 0 && ih < g.h) {
+                    split.fill(x + ih * g.w, g.w, g.wq, dst, pad);
+                } else {
+                    std::fill(dst[0], dst[0] + g.wq, pad);
+                    std::fill(dst[1], dst[1] + g.wq, pad);
                 }
             }
-            for (int p = 0; p < 4; ++p) std::fill(planes + p * g.plane + g.hq * g.wq, planes + (p + 1) * g.plane, pad);
-            return;
         }
+        for (int p = 0; p < 4; ++p) std::fill(planes + p * g.plane + g.hq * g.wq, planes + (p + 1) * g.plane, pad);
+        return;
     }
     for (int a = 0; a < S; ++a)
         for (int b = 0; b < S; ++b) {
@@ -251,8 +242,6 @@ void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T
                 std::fill(dst, dst + q0, pad);
                 if constexpr (S == 1) {
                     std::memcpy(dst + q0, src + q0 - g.pad_w, sizeof(T) * (q1 - q0));
-                } else if constexpr (S == 2) {
-                    deinterleave(src + q0 * 2 + b - g.pad_w, q1 - q0, dst + q0);
                 } else {
                     const T* s = src + q0 * S + b - g.pad_w;
                     for (Index q = q0; q < q1; ++q, s += S) dst[q] = *s;
@@ -303,6 +292,44 @@ void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, 
 }
 }  // namespace detail
 
+namespace detail {
+// acc = one step of a direct kernel: the MR x NV tile of outputs of weight panel `a` (packed,
+// [cin][KH * KW][MR]) over NV vectors from x on, summed over cin channels `channel` apart,
+// each channel's KH x KW taps read from its S x S phase planes (`plane` apart, rows `wq` apart)
+template <class T, int KH, int KW, int S, class V>
+[[gnu::always_inline]] inline void direct_tile(const T* x, Index cin, Index channel, Index plane, Index wq, const T* a,
+                                               V (&acc)[direct_tile_rows][direct_vectors]) {
+    constexpr int L = Lanes<T>::count, MR = direct_tile_rows, NV = direct_vectors;
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (Index c = 0; c < cin; ++c, x += channel) {
+        for (int i = 0; i < KH; ++i) {
+            for (int j = 0; j < KW; ++j, a += MR) {
+                const T* src = x + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
+                V b[NV];
+                for (int v = 0; v < NV; ++v) b[v] = load(src + v * L);
+                for (int r = 0; r < MR; ++r)
+                    for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * b[v];
+            }
+        }
+    }
+}
+// Finishes rows [0, rows) of a tile from registers: y[o][at + q] = act(acc + bias[o] + res[o][at + q])
+// for o = o0 + r, outputs `plane` apart; bias and res may be null
+template <class T, class V>
+[[gnu::always_inline]] inline void store_tile(V (&acc)[direct_tile_rows][direct_vectors], Index rows, Index o0,
+                                              const T* bias, FusedActivation act, T* y, const T* res, Index plane,
+                                              Index at) {
+    constexpr int L = Lanes<T>::count;
+    for (Index r = 0; r < rows; ++r) {
+        const Index o = o0 + r;
+        for (int v = 0; v < direct_vectors; ++v)
+            store_vector(acc[r][v], bias ? bias[o] : T(0), act, y + o * plane + at + v * L,
+                         res ? res + o * plane + at + v * L : nullptr);
+    }
+}
+}  // namespace detail
+
 /// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c] + res[o]) for one image x [cin, h, w] into y [cout, out_h, out_w],
 /// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
 /// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements.
@@ -326,34 +353,13 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
     const Index block = (steps + blocks - 1) / blocks;
     auto step = [&](Index s, Index p) {
         V acc[MR][NV];
-        for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-        const T* a = packed + p * g.cin * taps * MR;
-        const T* xc = work + s * NR;
-        for (Index c = 0; c < g.cin; ++c, xc += S * S * plane) {
-            for (int i = 0; i < KH; ++i) {
-                for (int j = 0; j < KW; ++j, a += MR) {
-                    const T* src = xc + ((i % S) * S + j % S) * plane + (i / S) * g.wq + j / S;
-                    V b[NV];
-                    for (int v = 0; v < NV; ++v) b[v] = detail::load(src + v * L);
-                    for (int r = 0; r < MR; ++r)
-                        for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * b[v];
-                }
-            }
-        }
+        detail::direct_tile<T, KH, KW, S>(work + s * NR, g.cin, S * S * plane, plane, g.wq, packed + p * g.cin * taps * MR,
+                                          acc);
         const Index rows = std::min<Index>(MR, g.cout - p * MR);
         const Index f0 = s * NR, count = std::min<Index>(NR, g.flat - f0);
         const Index oh = f0 / g.wq, ow = f0 % g.wq;
-        if (count == NR && ow + NR <= g.out_w) {  // the step lies inside one output row: finish it in registers
-            const Index at = oh * g.out_w + ow;
-            for (Index r = 0; r < rows; ++r) {
-                const Index o = p * MR + r;
-                for (int v = 0; v < NV; ++v)
-                    detail::store_vector(acc[r][v], bias ? bias[o] : T(0), act, y + o * out_plane + at + v * L,
-                                         res ? res + o * out_plane + at + v * L : nullptr);
-            }
-            return;
-        }
+        if (count == NR && ow + NR <= g.out_w)  // the step lies inside one output row: finish it in registers
+            return detail::store_tile(acc, rows, p * MR, bias, act, y, res, out_plane, oh * g.out_w + ow);
         for (Index r = 0; r < rows; ++r) {
             const Index o = p * MR + r;
             T out[NR];
@@ -384,7 +390,7 @@ template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
                     T* y, const T* res = nullptr) {
     using V = typename detail::Lanes<T>::type;
-    constexpr int L = detail::Lanes<T>::count, MR = direct_mr, NV = detail::direct_vectors;
+    constexpr int MR = direct_mr, NV = detail::direct_vectors;
     constexpr Index NR = direct_nr<T>();
     const Index panels = (cout + MR - 1) / MR, steps = (n + NR - 1) / NR;
     const Index block = std::clamp<Index>(Index(1 << 12) / (NR * cin), 1, std::max<Index>(1, steps / (2 * num_threads())));
@@ -398,22 +404,8 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
                 for (Index s = s0; s < s1; ++s) {
                     const Index f0 = std::min(s * NR, n - NR);
                     V acc[MR][NV];
-                    for (int r = 0; r < MR; ++r)
-                        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-                    const T* a = packed + p * cin * MR;
-                    const T* xc = x + f0;
-                    for (Index c = 0; c < cin; ++c, xc += n, a += MR) {
-                        V xv[NV];
-                        for (int v = 0; v < NV; ++v) xv[v] = detail::load(xc + v * L);
-                        for (int r = 0; r < MR; ++r)
-                            for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * xv[v];
-                    }
-                    for (Index r = 0; r < rows; ++r) {
-                        const Index o = p * MR + r;
-                        for (int v = 0; v < NV; ++v)
-                            detail::store_vector(acc[r][v], bias ? bias[o] : T(0), act, y + o * n + f0 + v * L,
-                                                 res ? res + o * n + f0 + v * L : nullptr);
-                    }
+                    detail::direct_tile<T, 1, 1, 1>(x + f0, cin, n, n, n, packed + p * cin * MR, acc);
+                    detail::store_tile(acc, rows, p * MR, bias, act, y, res, n, f0);
                 }
             }
         },
