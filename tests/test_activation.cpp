@@ -103,6 +103,16 @@ TEST_CASE("ReLU passes NaN through like PyTorch", "[activation]") {
     CHECK(y[2] == 2.0);
 }
 
+TEST_CASE("Fused ReLUs pass NaN through as the ReLU op they replace does", "[activation]") {
+    std::vector<double> v{std::nan(""), -1.0, 2.0};
+    apply_fused(FusedActivation::relu, v.data(), 3);
+    CHECK(std::isnan(v[0]));
+    CHECK(v[1] == 0.0);
+    CHECK(v[2] == 2.0);
+    CHECK(std::isnan(arithmetic_fn::AddRelu{}(std::nan(""), 1.0)));
+    CHECK(arithmetic_fn::AddRelu{}(-3.0, 1.0) == 0.0);
+}
+
 TEST_CASE("Activation attributes round-trip through the registry", "[activation]") {
     auto& reg = OpRegistry<double>::global();
     for (const char* t : {"ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "PReLU"}) {

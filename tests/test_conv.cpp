@@ -56,11 +56,13 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 6, 7, 7, {.out_channels = 4, .kernel = 1, .stride = 2}},
         // 1x1 over a plane wide enough to be split into one band of pixels per thread
         {2, 7, 12, 11, {.out_channels = 5, .kernel = 1}},
-        // 1x1 with at most 16 outputs over 256 pixels or more: the direct tiles in place (partial
-        // panels, a last step shifted back; whole panels and steps); 17 outputs stay on the GEMM
+        // 1x1 with at most 16 outputs or at most 8 inputs over 256 pixels or more: the direct tiles
+        // in place (partial panels, a last step shifted back; whole panels and steps); 17 outputs
+        // from 9 inputs stay on the GEMM
         {2, 7, 17, 17, {.out_channels = 7, .kernel = 1}},
         {1, 40, 16, 16, {.out_channels = 16, .kernel = 1, .bias = false}},
-        {1, 5, 16, 16, {.out_channels = 17, .kernel = 1}},
+        {1, 8, 16, 17, {.out_channels = 21, .kernel = 1}},
+        {1, 9, 16, 16, {.out_channels = 17, .kernel = 1}},
         // few pixels, many output channels: split into bands of weight rows per thread
         {1, 9, 5, 6, {.out_channels = 40, .kernel = 1}},
         {2, 5, 6, 7, {.out_channels = 36, .kernel = 3, .padding = 1}},
@@ -148,25 +150,29 @@ TEST_CASE("Conv2d applies a fused activation after the bias on every kernel path
     }
 }
 
-TEST_CASE("A fused ReLU6 keeps a NaN on every output path of a row", "[conv]") {
+TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as ReLU does", "[conv]") {
     // whole vectors finished in registers and row tails finished through memory agree:
     // the outputs whose window holds the NaN are NaN, the others finite
-    for (const Index groups : {Index(1), Index(2)}) {  // direct kernel, depthwise by rows
-        GraphBuilder<double> b(5);
-        auto x = b.input("x", {1, 2, 5, 70});
-        b.output(nn::conv2d(x, "conv", {.out_channels = 2, .kernel = 3, .padding = 1, .groups = groups,
-                                        .activation = FusedActivation::relu6}));
-        auto g = std::move(b).build();
-        auto in = test::random_tensor<double>({1, 2, 5, 70}, 9);
-        for (Index c = 0; c < 2; ++c) in[c * 350 + 2 * 70 + 66] = std::numeric_limits<double>::quiet_NaN();
-        auto y = test::run(g, in);
-        for (Index c = 0; c < 2; ++c)
-            for (Index r = 0; r < 5; ++r)
-                for (Index q = 0; q < 70; ++q) {
-                    INFO("groups " << groups << " channel " << c << " output " << r << ", " << q);
-                    CHECK(std::isnan(y[(c * 5 + r) * 70 + q]) == (r >= 1 && r <= 3 && q >= 65 && q <= 67));
-                }
-    }
+    for (const auto act : {FusedActivation::relu, FusedActivation::relu6})
+        for (const auto& [groups, k] : {std::pair<Index, Index>{1, 3}, {2, 3}, {1, 1}}) {  // direct, depthwise, 1x1 direct
+            GraphBuilder<double> b(5);
+            auto x = b.input("x", {1, 2, 5, 70});
+            b.output(nn::conv2d(x, "conv", {.out_channels = 2, .kernel = k, .padding = k / 2, .groups = groups,
+                                            .activation = act}));
+            auto g = std::move(b).build();
+            auto in = test::random_tensor<double>({1, 2, 5, 70}, 9);
+            for (Index c = 0; c < 2; ++c) in[c * 350 + 2 * 70 + 66] = std::numeric_limits<double>::quiet_NaN();
+            auto y = test::run(g, in);
+            const Index reach = k / 2;
+            for (Index c = 0; c < 2; ++c)
+                for (Index r = 0; r < 5; ++r)
+                    for (Index q = 0; q < 70; ++q) {
+                        INFO("activation " << fused_activation_name(act) << " groups " << groups << " kernel " << k << " channel " << c
+                                           << " output " << r << ", " << q);
+                        CHECK(std::isnan(y[(c * 5 + r) * 70 + q]) ==
+                              (std::abs(r - 2) <= reach && std::abs(q - 66) <= reach));
+                    }
+        }
 }
 
 TEST_CASE("Conv2d rejects a wrong input shape naming the node", "[conv]") {

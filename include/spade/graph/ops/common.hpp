@@ -70,7 +70,7 @@ inline FusedActivation fused_activation_from(const Attributes& a, const std::str
 template <class T>
 void apply_fused(FusedActivation a, T* y, Index n) {
     if (a == FusedActivation::relu)
-        for (Index i = 0; i < n; ++i) y[i] = y[i] > T(0) ? y[i] : T(0);
+        for (Index i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];  // keeps a NaN, as ReLU does
     else if (a == FusedActivation::relu6)
         for (Index i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], T(0)), T(6));
 }

@@ -37,7 +37,7 @@ struct AddRelu {
     template <class T>
     T operator()(T a, T b) const {
         const T s = a + b;
-        return s > T(0) ? s : T(0);
+        return s < T(0) ? T(0) : s;  // keeps a NaN, as ReLU does
     }
 };
 /// a * b.
