@@ -56,13 +56,13 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 6, 7, 7, {.out_channels = 4, .kernel = 1, .stride = 2}},
         // 1x1 over a plane wide enough to be split into one band of pixels per thread
         {2, 7, 12, 11, {.out_channels = 5, .kernel = 1}},
-        // 1x1 with at most 16 outputs or at most 8 inputs over 256 pixels or more: the direct tiles
+        // 1x1 with at most 16 outputs or at most 32 inputs over 256 pixels or more: the direct tiles
         // in place (partial panels, a last step shifted back; whole panels and steps); 17 outputs
-        // from 9 inputs stay on the GEMM
+        // from 33 inputs stay on the GEMM
         {2, 7, 17, 17, {.out_channels = 7, .kernel = 1}},
         {1, 40, 16, 16, {.out_channels = 16, .kernel = 1, .bias = false}},
-        {1, 8, 16, 17, {.out_channels = 21, .kernel = 1}},
-        {1, 9, 16, 16, {.out_channels = 17, .kernel = 1}},
+        {1, 32, 16, 17, {.out_channels = 21, .kernel = 1}},
+        {1, 33, 16, 16, {.out_channels = 17, .kernel = 1}},
         // few pixels, many output channels: split into bands of weight rows per thread
         {1, 9, 5, 6, {.out_channels = 40, .kernel = 1}},
         {2, 5, 6, 7, {.out_channels = 36, .kernel = 3, .padding = 1}},

@@ -206,12 +206,13 @@ struct PhaseSplit {
     }
 };
 
-// Copies one channel x [h, w] into its S x S phase planes (see the file comment), padded with `pad`.
+// Copies one channel x [h, w] into its S x S phase planes (see the file comment), padded with `pad`:
+// the planes of row phases [a0, a1), all of them by default.
 template <class T, int S>
-void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T(0)) {
+void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T(0), int a0 = 0, int a1 = S) {
     if constexpr (S == 2) {  // both column phases of a row in one pass
         const PhaseSplit split(g);
-        for (int a = 0; a < 2; ++a) {
+        for (int a = a0; a < a1; ++a) {
             for (Index r = 0; r < g.hq; ++r) {
                 T* const dst[2] = {planes + (a * 2) * g.plane + r * g.wq, planes + (a * 2 + 1) * g.plane + r * g.wq};
                 const Index ih = r * 2 + a - g.pad_h;
@@ -223,10 +224,10 @@ void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T
                 }
             }
         }
-        for (int p = 0; p < 4; ++p) std::fill(planes + p * g.plane + g.hq * g.wq, planes + (p + 1) * g.plane, pad);
+        for (int p = 2 * a0; p < 2 * a1; ++p) std::fill(planes + p * g.plane + g.hq * g.wq, planes + (p + 1) * g.plane, pad);
         return;
     }
-    for (int a = 0; a < S; ++a)
+    for (int a = a0; a < a1; ++a)
         for (int b = 0; b < S; ++b) {
             T* pl = planes + (a * S + b) * g.plane;
             for (Index r = 0; r < g.hq; ++r) {
@@ -350,9 +351,15 @@ template <class T, class V>
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {
+    // one task per channel and row phase: a stem's 3 channels still split evenly over 2 threads
     parallel_for(
-        g.cin, [&](long c) { detail::fill_phase_planes<T, S>(x + c * g.h * g.w, g, work + c * S * S * g.plane); },
-        S * S * g.plane);
+        g.cin * S,
+        [&](long i) {
+            const Index c = i / S;
+            const int a = static_cast<int>(i % S);
+            detail::fill_phase_planes<T, S>(x + c * g.h * g.w, g, work + c * S * S * g.plane, T(0), a, a + 1);
+        },
+        S * g.plane);
     const Index plane = g.plane;
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count, MR = direct_mr, NV = detail::direct_vectors, taps = KH * KW;

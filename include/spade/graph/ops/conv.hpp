@@ -203,18 +203,18 @@ private:
     // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
     // channels im2col + GEMM measured up to 10% faster, so those stay on it.
     // A 1x1 conv over at least 256 pixels with at most 16 outputs (the projections
-    // of pruned inverted residuals, pruned bottleneck reductions) or at most 8 inputs
-    // (their pruned expansions) runs on the direct tiles in place
-    // (kernels::conv_pointwise): 1.06-1.5x faster than the GEMM on the projections,
-    // and pruned MobileNet-v2 ran 2-4% faster with the expansions there too (the
-    // GEMM packs the image and finishes its result in a second pass); with more
-    // outputs and inputs the GEMM is faster.
+    // of pruned inverted residuals, pruned bottleneck reductions) or at most 32
+    // inputs (expansions) runs on the direct tiles in place (kernels::conv_pointwise):
+    // 1.06-1.5x faster than the GEMM on the projections; on the expansions MobileNet-v2
+    // dense and pruned and pruned ResNet-50 ran 0-4% faster end to end, their
+    // expansion layers up to 1.3x (the GEMM packs the image and finishes its result
+    // in a second pass). With more inputs and outputs the GEMM is faster.
     enum class Direct { none, k1, k3s1, k3s2, k7s2 };
     Direct direct(const kernels::ConvGeometry& g, Index cin, Index cout) const {
         if (o_.groups != 1 || g.dilation_h != 1 || g.dilation_w != 1 || g.kernel_h != g.kernel_w ||
             g.stride_h != g.stride_w)
             return Direct::none;
-        if (g.is_pointwise()) return (cout <= 16 || cin <= 8) && g.in_h * g.in_w >= 256 ? Direct::k1 : Direct::none;
+        if (g.is_pointwise()) return (cout <= 16 || cin <= 32) && g.in_h * g.in_w >= 256 ? Direct::k1 : Direct::none;
         if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
         if (g.stride_h != 2 || cin >= 256) return Direct::none;
         if (g.kernel_h == 3) return Direct::k3s2;
