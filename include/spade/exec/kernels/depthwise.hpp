@@ -74,7 +74,7 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
                 taps(f0, acc);
                 for (int n = 0; n < N; ++n) detail::store(flat + f0 + n * L, acc[n]);
             }
-            detail::store_flat(flat, 0, dg.flat, dg, bc, act, yc, rc);
+            detail::store_flat(flat, 0, dg.flat, dg, bc, clamp, yc, rc);
         },
         g.out_h * g.out_w * K * K);
 }

@@ -277,21 +277,22 @@ template <class T, class V>
 
 // Writes flat outputs [f0, f0 + count) of one channel (see the file comment) to its
 // rows y [out_h, out_w] as act(out + bias + res), `res` (optional) laid out like y;
-// drops the columns past out_w.
+// drops the columns past out_w. One pass per row piece, no calls: on 7 x 7 planes,
+// adding, clamping and a memcpy per piece had been a third of a depthwise conv.
 template <class T>
-void store_flat(T* out, Index f0, Index count, const DirectGeometry& g, T bias, FusedActivation act, T* y,
+void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T bias, Clamp<T> act, T* y,
                 const T* res = nullptr) {
     Index oh = f0 / g.wq, ow = f0 % g.wq;
     for (Index k = 0; k < count;) {
         if (ow < g.out_w) {
             const Index n = std::min(g.out_w - ow, count - k), at = oh * g.out_w + ow;
-            T* o = out + k;
-            if (res)
-                for (Index i = 0; i < n; ++i) o[i] += bias + res[at + i];
-            else if (bias != T(0))
-                for (Index i = 0; i < n; ++i) o[i] += bias;
-            apply_fused(act, o, n);
-            std::memcpy(y + at, o, sizeof(T) * n);
+            const T* o = out + k;
+            for (Index i = 0; i < n; ++i) {
+                T v = o[i] + bias;
+                if (res) v += res[at + i];
+                v = v < act.lo ? act.lo : v;
+                y[at + i] = act.hi < v ? act.hi : v;
+            }
             k += n, ow += n;
         } else {
             k += g.wq - ow, ow = 0, ++oh;
@@ -386,7 +387,7 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
             const Index o = p * MR + r;
             T out[NR];
             for (int v = 0; v < NV; ++v) detail::store(out + v * L, acc[r][v]);
-            detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), act, y + o * out_plane,
+            detail::store_flat(out, f0, count, g, bias ? bias[o] : T(0), clamp, y + o * out_plane,
                                res ? res + o * out_plane : nullptr);
         }
     };
