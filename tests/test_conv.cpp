@@ -150,29 +150,62 @@ TEST_CASE("Conv2d applies a fused activation after the bias on every kernel path
     }
 }
 
-TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as ReLU does", "[conv]") {
-    // whole vectors finished in registers and row tails finished through memory agree:
-    // the outputs whose window holds the NaN are NaN, the others finite
+namespace {
+// A NaN in row 2, column width - 4 of both channels: the outputs whose window holds it are NaN,
+// the others finite, for a fused ReLU and ReLU6 on the direct, depthwise and 1x1 paths.
+template <class T>
+void check_fused_relu_keeps_nan(Index width) {
+    const Index qn = width - 4;
     for (const auto act : {FusedActivation::relu, FusedActivation::relu6})
-        for (const auto& [groups, k] : {std::pair<Index, Index>{1, 3}, {2, 3}, {1, 1}}) {  // direct, depthwise, 1x1 direct
-            GraphBuilder<double> b(5);
-            auto x = b.input("x", {1, 2, 5, 70});
+        for (const auto& [groups, k] : {std::pair<Index, Index>{1, 3}, {2, 3}, {1, 1}}) {  // direct, depthwise, 1x1
+            GraphBuilder<T> b(5);
+            auto x = b.input("x", {1, 2, 5, width});
             b.output(nn::conv2d(x, "conv", {.out_channels = 2, .kernel = k, .padding = k / 2, .groups = groups,
                                             .activation = act}));
             auto g = std::move(b).build();
-            auto in = test::random_tensor<double>({1, 2, 5, 70}, 9);
-            for (Index c = 0; c < 2; ++c) in[c * 350 + 2 * 70 + 66] = std::numeric_limits<double>::quiet_NaN();
+            auto in = test::random_tensor<T>({1, 2, 5, width}, 9);
+            for (Index c = 0; c < 2; ++c) in[(c * 5 + 2) * width + qn] = std::numeric_limits<T>::quiet_NaN();
             auto y = test::run(g, in);
             const Index reach = k / 2;
             for (Index c = 0; c < 2; ++c)
                 for (Index r = 0; r < 5; ++r)
-                    for (Index q = 0; q < 70; ++q) {
-                        INFO("activation " << fused_activation_name(act) << " groups " << groups << " kernel " << k << " channel " << c
-                                           << " output " << r << ", " << q);
-                        CHECK(std::isnan(y[(c * 5 + r) * 70 + q]) ==
-                              (std::abs(r - 2) <= reach && std::abs(q - 66) <= reach));
+                    for (Index q = 0; q < width; ++q) {
+                        INFO("activation " << fused_activation_name(act) << " groups " << groups << " kernel " << k
+                                           << " width " << width << " channel " << c << " output " << r << ", " << q);
+                        CHECK(std::isnan(y[(c * 5 + r) * width + q]) ==
+                              (std::abs(r - 2) <= reach && std::abs(q - qn) <= reach));
                     }
         }
+}
+}  // namespace
+
+TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as ReLU does", "[conv]") {
+    // width 70: whole vectors finished in registers, row tails through memory, the 1x1 direct
+    // tiles (350 pixels); width 6: a depthwise plane narrower than a float vector (flat outputs)
+    for (const Index width : {Index(70), Index(6)}) {
+        check_fused_relu_keeps_nan<double>(width);
+        check_fused_relu_keeps_nan<float>(width);
+    }
+}
+
+TEST_CASE("1x1 convs over 256 pixels or more take the direct tiles with at most 16 outputs or 32 inputs", "[conv]") {
+    struct Case {
+        Index cin, cout, h, w;
+        bool direct;  // packed in panels of direct_mr outputs, else the GEMM (nothing packed)
+    };
+    for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, false},
+                          Case{8, 40, 15, 17, false}}) {  // the last one: 255 pixels
+        GraphBuilder<double> b(3);
+        auto x = b.input("x", {1, c.cin, c.h, c.w});
+        b.output(nn::conv2d(x, "p", {.out_channels = c.cout, .kernel = 1}));
+        auto g = std::move(b).build();
+        Executor<double> e(g);
+        e.set_prepack(true);
+        e.forward(test::random_tensor<double>({1, c.cin, c.h, c.w}, 2));
+        const Index panels = (c.cout + kernels::direct_mr - 1) / kernels::direct_mr;
+        INFO("cin " << c.cin << " cout " << c.cout << " pixels " << c.h * c.w);
+        CHECK(e.plan().packed_bytes == (c.direct ? Index(panels * kernels::direct_mr * c.cin * sizeof(double)) : 0));
+    }
 }
 
 TEST_CASE("Conv2d rejects a wrong input shape naming the node", "[conv]") {

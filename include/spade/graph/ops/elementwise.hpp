@@ -31,7 +31,7 @@ struct Sub {
     }
 };
 /// max(a + b, 0): a residual addition with the ReLU that follows it fused
-/// (made by the inference compile step).
+/// (made by the inference compile step); a NaN passes through, as in ReLU.
 struct AddRelu {
     static constexpr const char* type = "AddReLU";
     template <class T>
@@ -154,7 +154,7 @@ inline const bool sub_registered = register_op<Sub>("Sub");
 SPADE_OP_INSTANCES(Elementwise, arithmetic_fn::Sub)
 inline const bool mul_registered = register_op<Mul>("Mul");
 SPADE_OP_INSTANCES(Elementwise, arithmetic_fn::Mul)
-/// AddReLU op: max(a + b, 0).
+/// AddReLU op: max(a + b, 0), a NaN passing through.
 template <class T>
 using AddReLU = Elementwise<T, arithmetic_fn::AddRelu>;
 inline const bool add_relu_registered = register_op<AddReLU>("AddReLU");
