@@ -26,7 +26,7 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
     // the last group of vectors reads up to 4 L past the flat range: planes get that slack
     dg.plane = std::max(dg.plane, steps * L + (K - 1) / S * dg.wq + (K - 1) / S);
     ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * dg.plane + steps * L));
-    const detail::Clamp<T> clamp(act);
+    const FusedClamp<T> clamp(act);
     parallel_for(
         out_channels,
         [&](long c) {

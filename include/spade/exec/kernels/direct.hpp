@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <utility>
 #include <vector>
 
@@ -254,25 +253,11 @@ void fill_phase_planes(const T* x, const DirectGeometry& g, T* planes, T pad = T
         }
 }
 
-// A fused activation as the bounds it clamps to, lo <= y <= hi (none: -inf and +inf), so a
-// register epilogue applies any of them with two branch-free compares (a branch on the
-// activation per vector kept the tile in memory: 1x1 convs with 4 to 16 inputs ran 1.4x slower)
-template <class T>
-struct Clamp {
-    T lo, hi;
-    explicit Clamp(FusedActivation act)
-        : lo(act == FusedActivation::none ? -std::numeric_limits<T>::infinity() : T(0)),
-          hi(act == FusedActivation::relu6 ? T(6) : std::numeric_limits<T>::infinity()) {}
-    // v clamped, for one value or a vector of them; a NaN stays NaN, as apply_fused keeps it
-    template <class U>
-    [[gnu::always_inline]] U operator()(const U& x) const {
-        const U v = x < lo ? lo : x;
-        return hi < v ? hi : v;
-    }
-};
+// The epilogues below apply the fused activation as a FusedClamp: a branch on the activation
+// per vector kept the tile in memory (1x1 convs with 4 to 16 inputs ran 1.4x slower).
 // y[0, L) = act(acc + bias + res[0, L)) for one vector of outputs that lie in one row; `res` may be null
 template <class T, class V>
-[[gnu::always_inline]] inline void store_vector(const V& acc, T bias, Clamp<T> act, T* y, const T* res) {
+[[gnu::always_inline]] inline void store_vector(const V& acc, T bias, FusedClamp<T> act, T* y, const T* res) {
     V v = acc + bias;
     if (res) v += load(res);
     store(y, act(v));
@@ -283,7 +268,7 @@ template <class T, class V>
 // drops the columns past out_w. One pass per row piece, no calls: on 7 x 7 planes,
 // adding, clamping and a memcpy per piece had been a third of a depthwise conv.
 template <class T>
-void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T bias, Clamp<T> act, T* y,
+void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T bias, FusedClamp<T> act, T* y,
                 const T* res = nullptr) {
     Index oh = f0 / g.wq, ow = f0 % g.wq;
     for (Index k = 0; k < count;) {
@@ -329,7 +314,7 @@ template <class T, int KH, int KW, int S, class V>
 // for o = o0 + r, outputs `plane` apart; bias and res may be null
 template <class T, class V>
 [[gnu::always_inline]] inline void store_tile(V (&acc)[direct_tile_rows][direct_vectors], Index rows, Index o0,
-                                              const T* bias, Clamp<T> act, T* y, const T* res, Index plane,
+                                              const T* bias, FusedClamp<T> act, T* y, const T* res, Index plane,
                                               Index at) {
     constexpr int L = Lanes<T>::count;
     // forced inline as well: GCC called this lambda out of line, which took the tile through
@@ -369,7 +354,7 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
     constexpr Index NR = direct_nr<T>();
     const Index panels = (g.cout + MR - 1) / MR, steps = (g.flat + NR - 1) / NR;
     const Index out_plane = g.out_h * g.out_w;
-    const detail::Clamp<T> clamp(act);
+    const FusedClamp<T> clamp(act);
     // jobs: (block of steps, panel), so a panel's weights stay in L1 over a block of
     // steps and a block's input (about 256 KiB) stays in L2 over the panels
     // (equal blocks, and at least 4 jobs per thread for balance)
@@ -421,7 +406,7 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
     const Index panels = (cout + MR - 1) / MR, steps = (n + NR - 1) / NR;
     const Index block = std::clamp<Index>(Index(1 << 12) / (NR * cin), 1, std::max<Index>(1, steps / (2 * num_threads())));
     const Index jobs = std::max<Index>(1, (steps - 1) / block);  // the last job takes the rest, two steps or more
-    const detail::Clamp<T> clamp(act);
+    const FusedClamp<T> clamp(act);
     parallel_for(
         jobs,
         [&](long b) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -66,13 +67,29 @@ inline FusedActivation fused_activation_from(const Attributes& a, const std::str
     fail<FormatError>("op ", op, ": unknown fused activation '", name, "' (expected none, relu or relu6)");
 }
 
+/// A fused activation as the bounds it clamps to, lo <= y <= hi (none: -inf and +inf), applied
+/// by two branch-free compares to one value or to a vector of them (GCC vector extensions);
+/// a NaN stays NaN, as the ReLU and ReLU6 ops keep it. The one definition of what a fused
+/// activation does: apply_fused and the kernels' register epilogues both use it.
+template <class T>
+struct FusedClamp {
+    T lo, hi;
+    explicit FusedClamp(FusedActivation act)
+        : lo(act == FusedActivation::none ? -std::numeric_limits<T>::infinity() : T(0)),
+          hi(act == FusedActivation::relu6 ? T(6) : std::numeric_limits<T>::infinity()) {}
+    template <class U>
+    [[gnu::always_inline]] U operator()(const U& x) const {
+        const U v = x < lo ? lo : x;
+        return hi < v ? hi : v;
+    }
+};
+
 /// Applies a fused activation to n values in place.
 template <class T>
 void apply_fused(FusedActivation a, T* y, Index n) {
-    if (a == FusedActivation::relu)
-        for (Index i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];  // keeps a NaN, as ReLU does
-    else if (a == FusedActivation::relu6)
-        for (Index i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], T(0)), T(6));
+    if (a == FusedActivation::none) return;
+    const FusedClamp<T> c(a);
+    for (Index i = 0; i < n; ++i) y[i] = c(y[i]);
 }
 
 }  // namespace spade
