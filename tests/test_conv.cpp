@@ -326,3 +326,56 @@ TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[c
         CHECK(worst < 1e-5);
     }
 }
+
+TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes, NaN kept to its window",
+          "[conv]") {
+    // Calls the kernel itself, in float and double, with bias, a residual and ReLU6. Planes from 1 to 33
+    // wide, odd and even, stride 1 and 2, multipliers 1 and 2: flat outputs (out_w <= 32 and a whole
+    // vector of outputs), the padded planes otherwise (33 wide; 2 x 2 in float). A NaN at the end of one
+    // input row and the start of another must reach exactly the outputs whose window holds it, not the
+    // neighbouring row that a flat tap one column off wraps onto.
+    auto check = []<class T>(T, double tol) {
+        struct Case {
+            Index h, w, stride, multiplier;
+        };
+        for (const auto& c : {Case{7, 7, 1, 1}, Case{9, 9, 2, 1}, Case{14, 14, 2, 2}, Case{15, 15, 2, 1},
+                              Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
+                              Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1}}) {
+            const Index ch = 3, cout = ch * c.multiplier;
+            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
+                                    .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
+            g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
+            g.out_w = kernels::ConvGeometry::out_extent(c.w, 3, c.stride, 1, 1);
+            const Index n = g.out_h * g.out_w;
+            auto x = test::random_tensor<T>({ch, c.h, c.w}, 3 * c.h + c.w, -2.0, 4.0);
+            auto w = test::random_tensor<T>({cout, 3, 3}, 7 + c.w);
+            auto bias = test::random_tensor<T>({cout}, 8 + c.w);
+            auto res = test::random_tensor<T>({cout, g.out_h, g.out_w}, 9 + c.w);
+            const T nan = std::numeric_limits<T>::quiet_NaN();
+            x[std::min<Index>(1, c.h - 1) * c.w + c.w - 1] = nan;                 // channel 0: a row's end,
+            x[(2 * c.h + std::min<Index>(3, c.h - 1)) * c.w] = nan;               // channel 2: a row's start
+            Tensor<T> y(Shape{cout, g.out_h, g.out_w});
+            kernels::depthwise_conv2d(x.data(), cout, c.multiplier, g, w.data(), bias.data(), y.data(),
+                                      FusedActivation::relu6, res.data());
+            for (Index o = 0; o < cout; ++o)
+                for (Index r = 0; r < g.out_h; ++r)
+                    for (Index q = 0; q < g.out_w; ++q) {
+                        double s = bias[o];
+                        for (Index i = 0; i < 3; ++i)
+                            for (Index j = 0; j < 3; ++j) {
+                                const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
+                                if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w)
+                                    s += double(w[o * 9 + i * 3 + j]) * double(x[((o / c.multiplier) * c.h + ii) * c.w + jj]);
+                            }
+                        const double want = std::clamp(s + double(res[o * n + r * g.out_w + q]), 0.0, 6.0);
+                        const double got = y[o * n + r * g.out_w + q];
+                        INFO((sizeof(T) == 4 ? "float" : "double") << " plane " << c.h << " x " << c.w << " stride "
+                                                                    << c.stride << " output " << o << ", " << r << ", " << q);
+                        REQUIRE(std::isnan(got) == std::isnan(want));
+                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+                    }
+        }
+    };
+    check(0.0f, 1e-5);
+    check(0.0, 1e-12);
+}
