@@ -82,6 +82,11 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 3, 2, 3, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1}},
         {1, 3, 23, 19, {.out_channels = 13, .kernel = 7, .stride = 2, .padding = 3}},
         {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
+        // panels with 1, 2 or up to 4 rows in use: several steps to a tile, then single steps
+        {1, 5, 20, 23, {.out_channels = 1, .kernel = 3, .padding = 1}},
+        {1, 4, 19, 30, {.out_channels = 2, .kernel = 3, .stride = 2, .padding = 1}},
+        {2, 3, 17, 26, {.out_channels = 11, .kernel = 3, .padding = 1}},
+        {1, 3, 30, 31, {.out_channels = 10, .kernel = 7, .stride = 2, .padding = 3, .bias = false}},
         // stride-2 phase planes of every padding parity over odd and even widths
         {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2}},
         {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 2}},
