@@ -306,3 +306,47 @@ TEST_CASE("Pooling rejects bad settings and inputs naming the node", "[pool]") {
     Executor<float> ex(g);
     CHECK_THROWS_WITH(ex.forward(Tensor<float>(Shape{1, 3, 2, 2})), Catch::Contains("stem_pool") && Catch::Contains("too small"));
 }
+
+TEST_CASE("3x3 stride-1 max pooling matches the reference on flat and row planes, NaN kept to its window",
+          "[pool]") {
+    // Calls the kernel itself, in float and double: planes up to 32 wide with padding 1 take the
+    // flat path (a 2 x 2 plane in float and padding 0 do not). A NaN at the end of one input row
+    // and the start of another must reach exactly the outputs whose windows hold it, not the
+    // neighbouring row that a flat column one off wraps onto.
+    auto check = []<class T>(T) {
+        struct Case {
+            Index h, w, pad;
+        };
+        for (const auto& c : {Case{7, 7, 1}, Case{14, 14, 1}, Case{3, 32, 1}, Case{5, 33, 1}, Case{9, 1, 1},
+                              Case{1, 9, 1}, Case{2, 2, 1}, Case{6, 5, 1}, Case{8, 9, 0}}) {
+            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = 1,
+                                    .stride_w = 1, .pad_h = c.pad, .pad_w = c.pad};
+            g.out_h = c.h + 2 * c.pad - 2, g.out_w = c.w + 2 * c.pad - 2;
+            const Index planes = 3, in_n = c.h * c.w, out_n = g.out_h * g.out_w;
+            auto x = test::random_tensor<T>({planes, c.h, c.w}, 5 * c.h + c.w);
+            const T nan = std::numeric_limits<T>::quiet_NaN();
+            x[std::min<Index>(1, c.h - 1) * c.w + c.w - 1] = nan;          // plane 0: a row's end
+            x[2 * in_n + std::min<Index>(3, c.h - 1) * c.w] = nan;         // plane 2: a row's start
+            Tensor<T> y(Shape{planes, g.out_h, g.out_w});
+            kernels::max_pool2d(x.data(), planes, g, y.data());
+            for (Index p = 0; p < planes; ++p)
+                for (Index r = 0; r < g.out_h; ++r)
+                    for (Index q = 0; q < g.out_w; ++q) {
+                        T want = -std::numeric_limits<T>::infinity();
+                        for (Index i = r - c.pad; i < r - c.pad + 3; ++i)
+                            for (Index j = q - c.pad; j < q - c.pad + 3; ++j)
+                                if (i >= 0 && i < c.h && j >= 0 && j < c.w) {
+                                    const T v = x[p * in_n + i * c.w + j];
+                                    if (want == want && (v != v || v > want)) want = v;  // NaN wins
+                                }
+                        const T got = y[p * out_n + r * g.out_w + q];
+                        INFO((sizeof(T) == 4 ? "float" : "double") << " plane " << c.h << " x " << c.w << " pad "
+                                                                    << c.pad << " output " << p << ", " << r << ", " << q);
+                        REQUIRE(std::isnan(got) == std::isnan(want));
+                        if (!std::isnan(want)) REQUIRE(got == want);
+                    }
+        }
+    };
+    check(0.0f);
+    check(0.0);
+}

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -195,16 +198,68 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
         },
         g.out_h * g.out_w * K * K);
 }
+
+// max_pool2d for a 3 x 3 window of stride 1 and padding 1 (out = in) on planes up to 32 wide and
+// at least a vector in all, computed flat as depthwise_flat does: each plane is copied once
+// between margins of -inf (a row and one element), and every output vector is the max of the
+// column maxima at flat index f - 1, f and f + 1, the outer two set to -inf in the lanes where
+// they wrap onto the row above or below. max_pool_rows goes element by element down rows
+// narrower than a vector (14 x 14 and 7 x 7 planes with AVX-512's 16 floats).
+template <class T>
+void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
+    using V = typename Lanes<T>::type;
+    constexpr int L = Lanes<T>::count;
+    using U = std::conditional_t<sizeof(T) == 8, std::int64_t, std::int32_t>;
+    typedef U M __attribute__((vector_size(vector_bytes), aligned(alignof(U)), may_alias));
+    constexpr T lowest = -std::numeric_limits<T>::infinity();
+    const Index w = g.in_w, n = g.in_h * g.in_w, margin = w + 1;
+    // keep[f] is all ones unless output f is at column 0, keep[n + f] unless at column w - 1
+    std::vector<U> keep(static_cast<std::size_t>(2 * n));
+    for (Index f = 0; f < n; ++f) {
+        keep[f] = f % w == 0 ? U(0) : ~U(0);
+        keep[n + f] = f % w == w - 1 ? U(0) : ~U(0);
+    }
+    ThreadScratch<T> scratch(static_cast<std::size_t>(n + 2 * margin), lowest);  // margins stay -inf
+    auto vmax = [](V& m, const V& v) { m = (v > m) | (v != v) ? v : m; };        // NaN wins, as in PyTorch
+    parallel_for(
+        planes,
+        [&](long c) {
+            T* x = scratch.slice() + margin;
+            std::memcpy(x, in + c * n, sizeof(T) * static_cast<std::size_t>(n));
+            T* y = out + c * n;
+            auto column = [&](Index f) {
+                V m = load(x + f - w);
+                vmax(m, load(x + f));
+                vmax(m, load(x + f + w));
+                return m;
+            };
+            auto vector_at = [&](Index f) {
+                const V none = V{} + lowest;
+                V m = column(f);
+                vmax(m, *reinterpret_cast<const M*>(keep.data() + f) ? column(f - 1) : none);
+                vmax(m, *reinterpret_cast<const M*>(keep.data() + n + f) ? column(f + 1) : none);
+                store(y + f, m);
+            };
+            Index f = 0;
+            for (; f + L <= n; f += L) vector_at(f);
+            if (f < n) vector_at(n - L);  // recomputes a few outputs, no partial vector
+        },
+        n * 9);
+}
 }  // namespace detail
 
 /// Max over each window of `planes` [in_h, in_w] planes into [out_h, out_w]
 /// planes. Padding never wins (it reads as -inf) and NaN propagates, as in PyTorch.
 /// Square 2x2 and 3x3 windows of stride 1 or 2 without dilation go through
-/// vectorized phase planes; other windows take a loop over output rows.
+/// vectorized phase planes (3x3 stride 1 padding 1 on planes up to 32 wide: flat
+/// planes); other windows take a loop over output rows.
 template <class T>
 void max_pool2d(const T* in, Index planes, const ConvGeometry& g, T* out) {
     if (g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h == g.kernel_w && g.stride_h == g.stride_w) {
         const Index k = g.kernel_h, s = g.stride_h;
+        if (k == 3 && s == 1 && g.pad_h == 1 && g.pad_w == 1 && g.in_w <= 32 && g.in_h * g.in_w >= detail::Lanes<T>::count &&
+            g.out_h == g.in_h && g.out_w == g.in_w)
+            return detail::max_pool_flat3(in, planes, g, out);
         if (k == 3 && s == 1) return detail::max_pool_rows<T, 3, 1>(in, planes, g, out);
         if (k == 3 && s == 2) return detail::max_pool_rows<T, 3, 2>(in, planes, g, out);
         if (k == 2 && s == 2) return detail::max_pool_rows<T, 2, 2>(in, planes, g, out);
