@@ -7,9 +7,7 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "spade/core/threading.hpp"
@@ -97,16 +95,10 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
                     const T* bias, T* out, FusedActivation act, const T* res) {
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count;
-    using U = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
-    typedef U M __attribute__((vector_size(detail::vector_bytes), aligned(alignof(U)), may_alias));
+    using M = typename detail::WrapMasks<T>::vector;
     const Index wo = g.out_w, n = g.out_h * g.out_w;
     const Index margin = wo + 1, plane = n + 2 * margin;
-    // keep[f] clears the lane of an output at column 0, keep[n + f] one at column out_w - 1
-    std::vector<U> keep(2 * n);
-    for (Index f = 0; f < n; ++f) {
-        keep[f] = f % wo == 0 ? U(0) : ~U(0);
-        keep[n + f] = f % wo == wo - 1 ? U(0) : ~U(0);
-    }
+    const detail::WrapMasks<T> wrap(n, wo);
     // zeroed once: the margins, and with an odd input extent the last row or column of the odd
     // phase, are never written, so they stay zero from channel to channel
     ThreadScratch<T> scratch(static_cast<std::size_t>(S * S * plane));
@@ -143,8 +135,8 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
                     }
                 for (int k = 0; k < N; ++k) {
                     const Index at = f + k * L;
-                    V v = sum[1][k] + (V)((M)sum[0][k] & *reinterpret_cast<const M*>(keep.data() + at));
-                    if constexpr (S == 1) v += (V)((M)sum[2][k] & *reinterpret_cast<const M*>(keep.data() + n + at));
+                    V v = sum[1][k] + (V)((M)sum[0][k] & wrap.left(at));
+                    if constexpr (S == 1) v += (V)((M)sum[2][k] & wrap.right(at));
                     detail::store_vector(v, bc, act_c, yc + at, rc ? rc + at : nullptr);
                 }
             };

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,27 @@ template <class T, class V>
 void store(T* p, const V& v) {
     *reinterpret_cast<typename Lanes<T>::unaligned*>(p) = v;
 }
+// Lane masks for a plane computed flat, in whole vectors of outputs from flat index f on (rows
+// w wide, n elements): left(f) clears the lanes of outputs at column 0 and right(f) those at
+// column w - 1, whose left (right) neighbour in flat order lies on the row above (below).
+template <class T>
+class WrapMasks {
+public:
+    using Bits = std::conditional_t<sizeof(T) == 8, std::int64_t, std::int32_t>;
+    typedef Bits vector __attribute__((vector_size(vector_bytes), aligned(alignof(Bits)), may_alias));
+    WrapMasks(Index n, Index w) : n_(n), keep_(static_cast<std::size_t>(2 * n)) {
+        for (Index f = 0; f < n; ++f) {
+            keep_[f] = f % w == 0 ? Bits(0) : ~Bits(0);
+            keep_[n + f] = f % w == w - 1 ? Bits(0) : ~Bits(0);
+        }
+    }
+    vector left(Index f) const { return *reinterpret_cast<const vector*>(keep_.data() + f); }
+    vector right(Index f) const { return *reinterpret_cast<const vector*>(keep_.data() + n_ + f); }
+
+private:
+    Index n_;
+    std::vector<Bits> keep_;
+};
 // Calls f(q) for q = 0, w, 2w, ... covering [0, n) (n >= w) in whole pieces of w:
 // the last piece is shifted back to end at n, so a few elements are done twice
 // instead of leaving a partial vector.

@@ -4,10 +4,8 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -209,16 +207,9 @@ template <class T>
 void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count;
-    using U = std::conditional_t<sizeof(T) == 8, std::int64_t, std::int32_t>;
-    typedef U M __attribute__((vector_size(vector_bytes), aligned(alignof(U)), may_alias));
     constexpr T lowest = -std::numeric_limits<T>::infinity();
     const Index w = g.in_w, n = g.in_h * g.in_w, margin = w + 1;
-    // keep[f] is all ones unless output f is at column 0, keep[n + f] unless at column w - 1
-    std::vector<U> keep(static_cast<std::size_t>(2 * n));
-    for (Index f = 0; f < n; ++f) {
-        keep[f] = f % w == 0 ? U(0) : ~U(0);
-        keep[n + f] = f % w == w - 1 ? U(0) : ~U(0);
-    }
+    const WrapMasks<T> wrap(n, w);
     ThreadScratch<T> scratch(static_cast<std::size_t>(n + 2 * margin), lowest);  // margins stay -inf
     auto vmax = [](V& m, const V& v) { m = (v > m) | (v != v) ? v : m; };        // NaN wins, as in PyTorch
     parallel_for(
@@ -236,8 +227,8 @@ void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
             auto vector_at = [&](Index f) {
                 const V none = V{} + lowest;
                 V m = column(f);
-                vmax(m, *reinterpret_cast<const M*>(keep.data() + f) ? column(f - 1) : none);
-                vmax(m, *reinterpret_cast<const M*>(keep.data() + n + f) ? column(f + 1) : none);
+                vmax(m, wrap.left(f) ? column(f - 1) : none);
+                vmax(m, wrap.right(f) ? column(f + 1) : none);
                 store(y + f, m);
             };
             Index f = 0;
