@@ -82,11 +82,14 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 3, 2, 3, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1}},
         {1, 3, 23, 19, {.out_channels = 13, .kernel = 7, .stride = 2, .padding = 3}},
         {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
-        // panels with 1, 2 or up to 4 rows in use: several steps to a tile, then single steps
+        // panels with 1, 2 or up to 4 rows in use (of 4 or 8): several steps to a tile where a
+        // thread's block of steps holds them (planes of 25 steps or more on two threads), then
+        // single steps
         {1, 5, 20, 23, {.out_channels = 1, .kernel = 3, .padding = 1}},
-        {1, 4, 19, 30, {.out_channels = 2, .kernel = 3, .stride = 2, .padding = 1}},
+        {1, 4, 60, 30, {.out_channels = 2, .kernel = 3, .stride = 2, .padding = 1}},
         {2, 3, 17, 26, {.out_channels = 11, .kernel = 3, .padding = 1}},
-        {1, 3, 30, 31, {.out_channels = 10, .kernel = 7, .stride = 2, .padding = 3, .bias = false}},
+        {1, 3, 27, 25, {.out_channels = 6, .kernel = 3, .padding = 1}},
+        {1, 3, 60, 31, {.out_channels = 10, .kernel = 7, .stride = 2, .padding = 3, .bias = false}},
         // stride-2 phase planes of every padding parity over odd and even widths
         {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2}},
         {1, 3, 9, 11, {.out_channels = 5, .kernel = 3, .stride = 2, .padding = 2}},
@@ -334,11 +337,11 @@ TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[c
 
 TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes, NaN kept to its window",
           "[conv]") {
-    // Calls the kernel itself, in float and double, with bias, a residual and ReLU6. Planes from 1 to 33
-    // wide, odd and even, stride 1 and 2, multipliers 1 and 2: flat outputs (out_w <= 32 and a whole
-    // vector of outputs), the padded planes otherwise (33 wide; 2 x 2 in float). A NaN at the end of one
-    // input row and the start of another must reach exactly the outputs whose window holds it, not the
-    // neighbouring row that a flat tap one column off wraps onto.
+    // Calls the kernel itself, in float and double, with bias, a residual and ReLU6 and with none of
+    // them. Planes from 1 to 33 wide, odd and even, stride 1 and 2, multipliers 1 and 2: flat outputs
+    // (out_w <= 32 and a whole vector of outputs), the padded planes otherwise (33 wide; 2 x 2 in
+    // float). A NaN at the end of one input row and the start of another must reach exactly the
+    // outputs whose window holds it, not the neighbouring row that a flat tap one column off wraps onto.
     auto check = []<class T>(T, double tol) {
         struct Case {
             Index h, w, stride, multiplier;
@@ -359,26 +362,30 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
             const T nan = std::numeric_limits<T>::quiet_NaN();
             x[std::min<Index>(1, c.h - 1) * c.w + c.w - 1] = nan;                 // channel 0: a row's end,
             x[(2 * c.h + std::min<Index>(3, c.h - 1)) * c.w] = nan;               // channel 2: a row's start
-            Tensor<T> y(Shape{cout, g.out_h, g.out_w});
-            kernels::depthwise_conv2d(x.data(), cout, c.multiplier, g, w.data(), bias.data(), y.data(),
-                                      FusedActivation::relu6, res.data());
-            for (Index o = 0; o < cout; ++o)
-                for (Index r = 0; r < g.out_h; ++r)
-                    for (Index q = 0; q < g.out_w; ++q) {
-                        double s = bias[o];
-                        for (Index i = 0; i < 3; ++i)
-                            for (Index j = 0; j < 3; ++j) {
-                                const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
-                                if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w)
-                                    s += double(w[o * 9 + i * 3 + j]) * double(x[((o / c.multiplier) * c.h + ii) * c.w + jj]);
-                            }
-                        const double want = std::clamp(s + double(res[o * n + r * g.out_w + q]), 0.0, 6.0);
-                        const double got = y[o * n + r * g.out_w + q];
-                        INFO((sizeof(T) == 4 ? "float" : "double") << " plane " << c.h << " x " << c.w << " stride "
-                                                                    << c.stride << " output " << o << ", " << r << ", " << q);
-                        REQUIRE(std::isnan(got) == std::isnan(want));
-                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
-                    }
+            for (const bool plain : {false, true}) {  // with bias, residual and ReLU6; with none of them
+                Tensor<T> y(Shape{cout, g.out_h, g.out_w});
+                kernels::depthwise_conv2d(x.data(), cout, c.multiplier, g, w.data(), plain ? nullptr : bias.data(), y.data(),
+                                          plain ? FusedActivation::none : FusedActivation::relu6,
+                                          plain ? nullptr : res.data());
+                for (Index o = 0; o < cout; ++o)
+                    for (Index r = 0; r < g.out_h; ++r)
+                        for (Index q = 0; q < g.out_w; ++q) {
+                            double s = plain ? 0.0 : double(bias[o]);
+                            for (Index i = 0; i < 3; ++i)
+                                for (Index j = 0; j < 3; ++j) {
+                                    const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
+                                    if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w)
+                                        s += double(w[o * 9 + i * 3 + j]) * double(x[((o / c.multiplier) * c.h + ii) * c.w + jj]);
+                                }
+                            const double want = plain ? s : std::clamp(s + double(res[o * n + r * g.out_w + q]), 0.0, 6.0);
+                            const double got = y[o * n + r * g.out_w + q];
+                            INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " plane " << c.h
+                                                                        << " x " << c.w << " stride " << c.stride
+                                                                        << " output " << o << ", " << r << ", " << q);
+                            REQUIRE(std::isnan(got) == std::isnan(want));
+                            if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+                        }
+            }
         }
     };
     check(0.0f, 1e-5);

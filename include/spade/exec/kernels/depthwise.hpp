@@ -1,7 +1,7 @@
 // Direct depthwise convolution: one small filter per channel, where a GEMM
 // would be a stack of tiny products. Square kernels of 3 (stride 1 or 2) go
 // through phase planes, so that every tap is a contiguous vector load and the
-// taps add up in registers: with padding 1 on planes up to 32 wide, unpadded
+// taps add up in registers: with padding 1 and outputs up to 32 wide, unpadded
 // planes computed flat (depthwise_flat); otherwise the padded planes of the
 // direct kernel (direct.hpp). Other shapes take a plain loop over output rows.
 #pragma once
@@ -116,7 +116,7 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
                         detail::split_even_odd(x + (2 * r + a) * g.in_w, g.in_w, planes + 2 * a * plane + margin + r * wo,
                                                planes + (2 * a + 1) * plane + margin + r * wo);
             }
-            V wc[9];  // broadcast once: the taps below keep them in registers
+            V wc[9];  // broadcast once per channel (in registers with AVX-512's 32)
             for (int t = 0; t < 9; ++t) wc[t] = V{} + w[c * 9 + t];
             const T bc = bias ? bias[c] : T(0);
             const FusedClamp<T> act_c = clamp;  // a local copy, not reloaded after every store
@@ -151,7 +151,7 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
 
 /// out[c] = act(w[c] (*) in[c / multiplier] (+ bias[c]) (+ res[c])) for every output channel c of
 /// one image; `in` is [in_channels, in_h, in_w], `w` is [out_channels, kh, kw], `res` (optional) is
-/// shaped like `out`.
+/// shaped like `out` and must not share its memory (a few outputs are computed twice).
 template <class T>
 void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                       const T* bias, T* out, FusedActivation act = FusedActivation::none, const T* res = nullptr) {

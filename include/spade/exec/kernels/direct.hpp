@@ -311,33 +311,14 @@ void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T 
 }  // namespace detail
 
 namespace detail {
-// acc = one step of a direct kernel: the MR x NV tile of outputs of weight panel `a` (packed,
-// [cin][KH * KW][MR]) over NV vectors from x on, summed over cin channels `channel` apart,
-// each channel's KH x KW taps read from its S x S phase planes (`plane` apart, rows `wq` apart)
-template <class T, int KH, int KW, int S, class V>
+// acc = one step of a direct kernel: the R x N tile of outputs of weight panel `a` (packed,
+// [cin][KH * KW][MR]) over N vectors from x on, summed over cin channels `channel` apart,
+// each channel's KH x KW taps read from its S x S phase planes (`plane` apart, rows `wq` apart).
+// A whole panel is MR x NV; a panel with at most R of its rows in use (a conv with few outputs,
+// or the last panel of one) takes R rows and more vectors, so no FMAs go to its zero rows.
+template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = direct_vectors, class V>
 [[gnu::always_inline]] inline void direct_tile(const T* x, Index cin, Index channel, Index plane, Index wq, const T* a,
-                                               V (&acc)[direct_tile_rows][direct_vectors]) {
-    constexpr int L = Lanes<T>::count, MR = direct_tile_rows, NV = direct_vectors;
-    for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-    for (Index c = 0; c < cin; ++c, x += channel) {
-        for (int i = 0; i < KH; ++i) {
-            for (int j = 0; j < KW; ++j, a += MR) {
-                const T* src = x + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
-                V b[NV];
-                for (int v = 0; v < NV; ++v) b[v] = load(src + v * L);
-                for (int r = 0; r < MR; ++r)
-                    for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * b[v];
-            }
-        }
-    }
-}
-// The tile of direct_tile for a panel with at most R of its MR rows in use (a conv with few
-// outputs, or the last panel of one), over N vectors from x on: the same packed weights, R rows
-// of them, and more vectors per tap, so that the FMAs are not spent on the panel's zero rows
-template <class T, int KH, int KW, int S, int R, int N, class V>
-[[gnu::always_inline]] inline void direct_tile_thin(const T* x, Index cin, Index channel, Index plane, Index wq,
-                                                    const T* a, V (&acc)[R][N]) {
+                                               V (&acc)[R][N]) {
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
@@ -418,39 +399,40 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
                                res ? res + o * out_plane : nullptr);
         }
     };
-    auto step = [&](Index s, Index p, Index rows) {
-        V acc[MR][NV];
-        detail::direct_tile<T, KH, KW, S>(work + s * NR, g.cin, S * S * plane, plane, g.wq, packed + p * g.cin * taps * MR,
-                                          acc);
-        finish(acc, s, p, rows);
-    };
-    // R used rows over N steps at once (see direct_tile_thin), then finished step by step
-    auto thin = [&]<int R, int N>(Index s, Index p, Index rows) {
+    // R rows of panel p over N steps from s on (one direct_tile), finished step by step
+    auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         V acc[R][N * NV];
-        detail::direct_tile_thin<T, KH, KW, S, R, N * NV>(work + s * NR, g.cin, S * S * plane, plane, g.wq,
-                                                         packed + p * g.cin * taps * MR, acc);
-        for (int k = 0; k < N; ++k) {
-            V tile[MR][NV];
-            for (int r = 0; r < R; ++r)
-                for (int v = 0; v < NV; ++v) tile[r][v] = acc[r][k * NV + v];
-            finish(tile, s + k, p, rows);
+        detail::direct_tile<T, KH, KW, S, R, N * NV>(work + s * NR, g.cin, S * S * plane, plane, g.wq,
+                                                    packed + p * g.cin * taps * MR, acc);
+        if constexpr (R == MR && N == 1) {
+            finish(acc, s, p, rows);
+        } else {
+            for (int k = 0; k < N; ++k) {
+                V one[MR][NV];  // rows past R are never read (rows <= R)
+                for (int r = 0; r < R; ++r)
+                    for (int v = 0; v < NV; ++v) one[r][v] = acc[r][k * NV + v];
+                finish(one, s + k, p, rows);
+            }
         }
     };
-    // A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes N steps at a time:
-    // tiles of 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16.
+    // steps [s0, s1) of panel p: N at a time, the rest one by one
+    auto run = [&]<int R, int N>(Index s0, Index s1, Index p, Index rows) {
+        Index s = s0;
+        if constexpr (N > 1)
+            for (; s + N <= s1; s += N) tile.template operator()<R, N>(s, p, rows);
+        for (; s < s1; ++s) tile.template operator()<R, 1>(s, p, rows);
+    };
+    // A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes several steps to a
+    // tile: 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16.
     // With one output channel (pruned DenseNet's growth layers: 3x3, 32 inputs, 56 x 56) the conv
     // ran 2x faster (47 -> 23 us on AVX-512); filling its phase planes is much of what is left.
     auto steps_of = [&](Index s0, Index s1, Index p) {
         const Index rows = std::min<Index>(MR, g.cout - p * MR);
-        constexpr int N2 = MR >= 8 ? 4 : 2;
-        Index s = s0;
-        if (rows == 1)
-            for (; s + 4 <= s1; s += 4) thin.template operator()<1, 4>(s, p, rows);
-        else if (rows == 2)
-            for (; s + N2 <= s1; s += N2) thin.template operator()<2, N2>(s, p, rows);
-        else if (MR >= 8 && rows <= 4)
-            for (; s + 2 <= s1; s += 2) thin.template operator()<4, 2>(s, p, rows);
-        for (; s < s1; ++s) step(s, p, rows);
+        if (rows == 1) return run.template operator()<1, 4>(s0, s1, p, rows);
+        if (rows == 2) return run.template operator()<2, (MR >= 8 ? 4 : 2)>(s0, s1, p, rows);
+        if constexpr (MR >= 8)
+            if (rows <= 4) return run.template operator()<4, 2>(s0, s1, p, rows);
+        run.template operator()<MR, 1>(s0, s1, p, rows);
     };
     parallel_for(
         ((steps + block - 1) / block) * panels,
