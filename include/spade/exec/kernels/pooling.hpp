@@ -81,6 +81,11 @@ template <class T>
 inline T max_nan(T m, T v) {
     return (v > m || v != v) ? v : m;
 }
+// m = max_nan(m, v) lane by lane
+template <class V>
+[[gnu::always_inline]] inline void vmax_nan(V& m, const V& v) {
+    m = (v > m) | (v != v) ? v : m;
+}
 
 // Max pooling with dilation, window by window.
 template <class T>
@@ -131,7 +136,6 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
     const Index width = std::max(S * phase, g.pad_w + g.in_w + L);  // a reduced row, padding included
     const Index reduced = g.out_h * width, phased = S == 1 ? 0 : S * g.out_h * phase;
     ThreadScratch<T> scratch(static_cast<std::size_t>(reduced + phased), lowest);  // padding stays -inf
-    auto vmax = [](V& m, const V& v) { m = (v > m) | (v != v) ? v : m; };  // NaN wins, as in PyTorch
     parallel_for(
         planes,
         [&](long c) {
@@ -150,7 +154,7 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
                 } else if (g.in_w >= L) {
                     cover(g.in_w, L, [&](Index q) {
                         V m = load(rows[0] + q);
-                        for (int i = 1; i < n; ++i) vmax(m, load(rows[i] + q));
+                        for (int i = 1; i < n; ++i) vmax_nan(m, load(rows[i] + q));
                         store(r + q, m);
                     });
                 } else {
@@ -177,7 +181,7 @@ void max_pool_rows(const T* in, Index planes, const ConvGeometry& g, T* out) {
                 const Index at = oh * pstride;
                 auto window = [&](Index v0, V& m) {
                     m = load(ph[0] + at + v0);
-                    for (int j = 1; j < K; ++j) vmax(m, load(ph[j % S] + at + j / S + v0));
+                    for (int j = 1; j < K; ++j) vmax_nan(m, load(ph[j % S] + at + j / S + v0));
                 };
                 if (g.out_w >= L) {
                     cover(g.out_w, L, [&](Index v0) {
@@ -211,7 +215,6 @@ void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
     const Index w = g.in_w, n = g.in_h * g.in_w, margin = w + 1;
     const WrapMasks<T> wrap(n, w);
     ThreadScratch<T> scratch(static_cast<std::size_t>(n + 2 * margin), lowest);  // margins stay -inf
-    auto vmax = [](V& m, const V& v) { m = (v > m) | (v != v) ? v : m; };        // NaN wins, as in PyTorch
     parallel_for(
         planes,
         [&](long c) {
@@ -220,20 +223,18 @@ void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
             T* y = out + c * n;
             auto column = [&](Index f) {
                 V m = load(x + f - w);
-                vmax(m, load(x + f));
-                vmax(m, load(x + f + w));
+                vmax_nan(m, load(x + f));
+                vmax_nan(m, load(x + f + w));
                 return m;
             };
             auto vector_at = [&](Index f) {
                 const V none = V{} + lowest;
                 V m = column(f);
-                vmax(m, wrap.left(f) ? column(f - 1) : none);
-                vmax(m, wrap.right(f) ? column(f + 1) : none);
+                vmax_nan(m, wrap.left(f) ? column(f - 1) : none);
+                vmax_nan(m, wrap.right(f) ? column(f + 1) : none);
                 store(y + f, m);
             };
-            Index f = 0;
-            for (; f + L <= n; f += L) vector_at(f);
-            if (f < n) vector_at(n - L);  // recomputes a few outputs, no partial vector
+            cover(n, L, vector_at);  // the last vector shifted back: a few outputs twice, no partial one
         },
         n * 9);
 }
