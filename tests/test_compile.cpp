@@ -253,3 +253,36 @@ TEST_CASE("compile: ResNet-50's planned activation memory is at most 3x its larg
     CHECK(workspace == 256 * 9 * 14 * 14);
     CHECK(model.executor().plan().peak_bytes(sizeof(float)) <= (3 * largest + workspace) * Index(sizeof(float)));
 }
+
+TEST_CASE("an inference model picks a thread count per plan by timing, and computes the same on it", "[compile][threading]") {
+    const int before = num_threads();
+    set_num_threads(std::max(2, before));
+    const int threads = num_threads();
+    auto g = test::zoo_model("resnet18");
+    const auto x = test::random_tensor<double>({1, 3, 32, 32}, 5);
+    InferenceModel<double> tuned(g), fixed(g, CompileOptions{.tune_threads = false});
+    CHECK(tuned.executor().thread_tuning());
+    CHECK_FALSE(fixed.executor().thread_tuning());
+    const auto y = tuned.forward(x);
+    CHECK(test::max_rel_err(y, fixed.forward(x)) < 1e-12);
+    const auto& plan = tuned.executor().plan();
+    if (threads > 1) {
+        CHECK(plan.threads_of == threads);
+        CHECK((plan.threads == threads || plan.threads == 1 || plan.threads == threads / 2));
+    } else {
+        CHECK(plan.threads_of == 0);  // nothing to choose from
+    }
+    CHECK(fixed.executor().plan().threads_of == 0);
+    // the count is the caller's again after the run
+    CHECK(num_threads() == threads);
+    // a new input shape is a new plan, chosen again; so is a new thread count
+    const auto x2 = test::random_tensor<double>({2, 3, 32, 32}, 6);
+    CHECK(test::max_rel_err(tuned.forward(x2), fixed.forward(x2)) < 1e-12);
+    CHECK(tuned.executor().plan().threads_of == (threads > 1 ? threads : 0));
+    set_num_threads(1);
+    CHECK(test::max_rel_err(tuned.forward(x2), fixed.forward(x2)) < 1e-12);
+    CHECK(tuned.executor().plan().threads_of == (threads > 1 ? threads : 0));  // one thread: kept, not used
+    set_num_threads(before);
+    tuned.executor().set_thread_tuning(false);
+    CHECK(tuned.executor().plan().threads_of == 0);
+}

@@ -2,6 +2,9 @@
 
 #include <Eigen/Dense>
 
+#include <atomic>
+#include <thread>
+
 using namespace spade;
 
 TEST_CASE("TensorView views caller memory with strides and Eigen maps", "[tensor]") {
@@ -78,5 +81,81 @@ TEST_CASE("ThreadScratch gives each thread its own cache lines, set to the initi
                 CHECK(begin[static_cast<std::size_t>(t) + 1] >= (begin[static_cast<std::size_t>(t)] + per * sizeof(float) + 63) / 64 * 64 + 64);
         }
     }
+    set_num_threads(before);
+}
+
+TEST_CASE("parallel_for runs every item once, in contiguous shares, and hands exceptions back", "[threading]") {
+    const int before = num_threads();
+    set_num_threads(std::max(2, before));
+    for (long n : {2L, 3L, 7L, 64L, 1001L}) {
+        std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+        std::vector<int> thread_of(static_cast<std::size_t>(n), -1);
+        parallel_for(
+            n,
+            [&](long i) {
+                hits[static_cast<std::size_t>(i)].fetch_add(1);
+                thread_of[static_cast<std::size_t>(i)] = detail::loop_thread;
+            },
+            1 << 20);
+        INFO("n = " << n);
+        for (auto& h : hits) CHECK(h.load() == 1);
+        CHECK(std::is_sorted(thread_of.begin(), thread_of.end()));  // contiguous shares in thread order
+#if defined(_OPENMP)
+        CHECK(thread_of.back() == std::min<long>(n, num_threads()) - 1);  // every thread had a share
+#endif
+        std::vector<std::atomic<int>> dyn(static_cast<std::size_t>(n));
+        parallel_for_dynamic(n, [&](long i) { dyn[static_cast<std::size_t>(i)].fetch_add(1); });
+        for (auto& h : dyn) CHECK(h.load() == 1);
+    }
+    // a loop inside a loop runs on the thread that reached it
+    std::vector<int> inner(4 * 100, -1);
+    parallel_for(
+        4,
+        [&](long i) {
+            const int outer = detail::loop_thread;
+            parallel_for(100, [&](long j) { inner[static_cast<std::size_t>(i * 100 + j)] = detail::loop_thread - outer; }, 1 << 20);
+        },
+        1 << 20);
+    CHECK(std::count(inner.begin(), inner.end(), 0) == 400);
+    // the last share (another thread's, if there are two) throws: the caller gets it, and the pool still works
+    CHECK_THROWS_WITH(parallel_for(
+                          8,
+                          [](long i) {
+                              if (i == 7) fail<ShapeError>("item ", i, " failed");
+                          },
+                          1 << 20),
+                      Catch::Contains("item 7 failed"));
+    CHECK_THROWS_WITH(parallel_for_dynamic(5, [](long i) { if (i == 3) fail<ShapeError>("dynamic item ", i); }),
+                      Catch::Contains("dynamic item 3"));
+    std::atomic<long> sum{0};
+    parallel_for(1000, [&](long i) { sum += i; }, 1 << 20);
+    CHECK(sum.load() == 999 * 1000 / 2);
+    // loops from two threads at once: one finds the pool taken and runs alone; both finish
+    std::vector<long> sums(2, 0);
+    {
+        std::vector<std::thread> callers;
+        for (int c = 0; c < 2; ++c)
+            callers.emplace_back([&, c] {
+                for (int rep = 0; rep < 200; ++rep) {
+                    std::atomic<long> s{0};
+                    parallel_for(64, [&](long i) { s += i; }, 1 << 20);
+                    sums[static_cast<std::size_t>(c)] += s.load();
+                }
+            });
+        for (auto& t : callers) t.join();
+    }
+    CHECK(sums[0] == 200 * (63 * 64 / 2));
+    CHECK(sums[1] == 200 * (63 * 64 / 2));
+    // ThreadCountScope sets the count for its lifetime and restores it
+    {
+        const ThreadCountScope one(1);
+        CHECK(num_threads() == 1);
+        std::vector<int> who(16, -1);
+        parallel_for(16, [&](long i) { who[static_cast<std::size_t>(i)] = detail::loop_thread; }, 1 << 20);
+        CHECK(std::count(who.begin(), who.end(), 0) == 16);
+    }
+#if defined(_OPENMP)
+    CHECK(num_threads() == std::max(2, before));
+#endif
     set_num_threads(before);
 }

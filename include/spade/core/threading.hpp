@@ -1,10 +1,18 @@
-// One thread setting for the whole library. spade's kernels and Eigen's GEMM
-// share OpenMP's pool; the count defaults to the machine's cores.
+// One thread setting for the whole library, and the threads spade's kernels run
+// on. The count is OpenMP's (per calling thread; it defaults to the machine's
+// cores), but the threads are spade's own: a pool of workers that wait spinning
+// for a while after each loop, so that a loop starts and ends in about a
+// microsecond where an OpenMP parallel region took 3-4 us on the 2-core cloud
+// machines spade is measured on, and a pruned network runs a few hundred of them
+// per forward. Eigen's products run on one thread each (spade splits them).
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -25,29 +33,188 @@ inline int num_threads() {
 #endif
 }
 
-/// Sets the thread count for spade kernels and Eigen products (n < 1 means all cores).
+/// Sets the thread count for spade kernels (n < 1 means all cores).
 inline void set_num_threads(int n) {
     if (n < 1) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 #if defined(_OPENMP)
     omp_set_num_threads(n);
 #endif
-    Eigen::setNbThreads(n);
 }
 
-/// Runs `body(i)` for i in [0, n), split across threads when the work is large enough.
-/// `work_per_item` is a rough cost estimate (e.g. elements touched) used to avoid
-/// spawning threads for tiny loops.
+/// While alive, spade kernels called from this thread use `n` threads (n < 1: leave the count as it is); the count before is restored at the end.
+class ThreadCountScope {
+public:
+    explicit ThreadCountScope(int n) {
+#if defined(_OPENMP)
+        if (n > 0 && n != (before_ = omp_get_max_threads())) omp_set_num_threads(n);
+        else before_ = 0;
+#else
+        (void)n;
+#endif
+    }
+    ~ThreadCountScope() {
+#if defined(_OPENMP)
+        if (before_ > 0) omp_set_num_threads(before_);
+#endif
+    }
+    ThreadCountScope(const ThreadCountScope&) = delete;
+    ThreadCountScope& operator=(const ThreadCountScope&) = delete;
+
+private:
+    int before_ = 0;
+};
+
+namespace detail {
+
+// The calling thread's index in the loop it is running a share of (0 outside loops).
+inline thread_local int loop_thread = 0;
+// Set while this thread runs a share of a loop (always on workers): loops inside run serially.
+inline thread_local bool in_loop = false;
+
+inline bool in_parallel() {
+#if defined(_OPENMP)
+    if (omp_in_parallel()) return true;
+#endif
+    return in_loop;
+}
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// The workers behind parallel_for: created as loops first need them, woken by a
+// generation counter they spin on (and, after spin_time without a loop, sleep on).
+// One loop runs at a time; a thread that finds the pool taken runs its loop alone.
+class Pool {
+public:
+    static Pool& get() {
+        static Pool pool;
+        return pool;
+    }
+    ~Pool() {
+        stop_.store(true);
+        generation_.fetch_add(1);
+        generation_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+
+    // Runs body(i) for i in [0, n) on up to `threads` threads, this one included: contiguous
+    // equal shares, or (dynamic) one item at a time to whoever is free. Rethrows the first
+    // exception a share threw. Returns false, running nothing, if another thread holds the pool.
+    template <class F>
+    bool run(long n, int threads, F& body, bool dynamic) {
+        std::unique_lock<std::mutex> lock(owner_, std::try_to_lock);
+        if (!lock) return false;
+        grow(threads - 1);
+        call_ = [](void* f, long i) { (*static_cast<F*>(f))(i); };
+        body_ = &body;
+        n_ = n;
+        threads_ = std::min(threads, static_cast<int>(workers_.size()) + 1);
+        dynamic_ = dynamic;
+        next_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+        generation_.fetch_add(1);  // seq_cst, paired with the sleepers' count
+        if (sleepers_.load() > 0) generation_.notify_all();
+        {
+            in_loop = true;
+            share(0);
+            in_loop = false;
+        }
+        while (pending_.load(std::memory_order_acquire) > 0) spin_pause();
+        if (error_) std::rethrow_exception(error_);
+        return true;
+    }
+
+private:
+    Pool() = default;
+    static constexpr auto spin_time = std::chrono::microseconds(500);
+
+    // at least `n` workers, as far as the system lets us start them
+    void grow(int n) {
+        while (static_cast<int>(workers_.size()) < n) {
+            try {
+                // the generation now, before this loop's: the worker must not miss it
+                workers_.emplace_back([this, index = static_cast<int>(workers_.size()) + 1,
+                                       seen = generation_.load()] { work(index, seen); });
+            } catch (...) {
+                return;  // fewer threads
+            }
+        }
+    }
+    void share(int t) {
+        try {
+            if (dynamic_) {
+                for (long i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) call_(body_, i);
+            } else {
+                const long lo = n_ * t / threads_, hi = n_ * (t + 1) / threads_;
+                for (long i = lo; i < hi; ++i) call_(body_, i);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> g(error_lock_);
+            if (!error_) error_ = std::current_exception();
+        }
+    }
+    void work(int index, unsigned seen) {
+        loop_thread = index;
+        in_loop = true;
+#if defined(_OPENMP)
+        omp_set_num_threads(1);
+#endif
+        for (;;) {
+            auto since = std::chrono::steady_clock::now();
+            for (int spins = 1; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+                spin_pause();
+                if (spins % 64 == 0 && std::chrono::steady_clock::now() - since > spin_time) {
+                    sleepers_.fetch_add(1);
+                    generation_.wait(seen);
+                    sleepers_.fetch_sub(1);
+                    since = std::chrono::steady_clock::now();
+                }
+            }
+            seen = generation_.load(std::memory_order_acquire);
+            if (stop_.load()) return;
+            if (index < threads_) share(index);
+            pending_.fetch_sub(1, std::memory_order_release);
+        }
+    }
+
+    std::mutex owner_;  // held by the thread whose loop runs
+    std::vector<std::thread> workers_;
+    // the loop (written by its owner before the generation moves on, read by workers after)
+    void (*call_)(void*, long) = nullptr;
+    void* body_ = nullptr;
+    long n_ = 0;
+    int threads_ = 1;
+    bool dynamic_ = false;
+    std::exception_ptr error_;
+    std::mutex error_lock_;
+    alignas(64) std::atomic<long> next_{0};            // the next item of a dynamic loop
+    alignas(64) std::atomic<unsigned> generation_{0};  // moves on once per loop
+    alignas(64) std::atomic<int> pending_{0};          // workers not done with the loop
+    std::atomic<int> sleepers_{0};
+    std::atomic<bool> stop_{false};
+};
+
+// Runs body(i) for i in [0, n) on spade's threads (at most n) unless one thread is
+// all there is or this one is inside a loop already; returns whether it did.
+template <class F>
+bool run_parallel(long n, F& body, bool dynamic) {
+    const int threads = static_cast<int>(std::min<long>(num_threads(), n));
+    return threads > 1 && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
+}
+
+}  // namespace detail
+
+/// Runs `body(i)` for i in [0, n), split across threads when the work is large enough
+/// (each thread a contiguous share). `work_per_item` is a rough cost estimate (e.g.
+/// elements touched) used to keep tiny loops on one thread. An exception thrown by
+/// `body` is rethrown on the calling thread (the first one).
 template <class F>
 void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
-#if defined(_OPENMP)
-    if (n > 1 && n * work_per_item >= (1 << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
-        for (long i = 0; i < n; ++i) body(i);
-        return;
-    }
-#else
-    (void)work_per_item;
-#endif
+    if (n > 1 && n * work_per_item >= (1 << 15) && detail::run_parallel(n, body, false)) return;
     for (long i = 0; i < n; ++i) body(i);
 }
 
@@ -69,23 +236,14 @@ public:
     ThreadScratch(const ThreadScratch&) = delete;  // first_ points into data_
     ThreadScratch& operator=(const ThreadScratch&) = delete;
     T* slice() {
-#if defined(_OPENMP)
-        if (slices_ > 1) return first_ + static_cast<std::size_t>(omp_get_thread_num()) * per_;
-#endif
-        return first_;
+        return slices_ > 1 ? first_ + static_cast<std::size_t>(detail::loop_thread) * per_ : first_;
     }
 
 private:
     static constexpr std::size_t line = 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;  // elements per cache line
     // whole cache lines, plus one that no thread writes
     static std::size_t padded(std::size_t n) { return (n + line - 1) / line * line + line; }
-    static bool nested() {
-#if defined(_OPENMP)
-        return omp_in_parallel();
-#else
-        return true;
-#endif
-    }
+    static bool nested() { return detail::in_parallel() || num_threads() == 1; }
     std::size_t per_, slices_;
     std::vector<T> data_;
     T* first_;  // the first element of data_ on a cache line
@@ -96,22 +254,7 @@ private:
 /// exception thrown by `body` is rethrown on the calling thread (the first one).
 template <class F>
 void parallel_for_dynamic(long n, F&& body) {
-#if defined(_OPENMP)
-    if (n > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-        std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic, 1)
-        for (long i = 0; i < n; ++i) {
-            try {
-                body(i);
-            } catch (...) {
-#pragma omp critical(spade_parallel_error)
-                if (!error) error = std::current_exception();
-            }
-        }
-        if (error) std::rethrow_exception(error);
-        return;
-    }
-#endif
+    if (n > 1 && detail::run_parallel(n, body, true)) return;
     for (long i = 0; i < n; ++i) body(i);
 }
 

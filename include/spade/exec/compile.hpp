@@ -37,6 +37,7 @@ struct CompileOptions {
     bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
     bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
+    bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
 
 namespace detail::compile {
@@ -266,6 +267,7 @@ public:
         auto compiled = std::make_unique<Graph<T>>(compile_for_inference(*source_, options_));
         auto exec = std::make_unique<Executor<T>>(*compiled);
         exec->set_prepack(options_.prepack);
+        exec->set_thread_tuning(options_.tune_threads);
         compiled_ = std::move(compiled);
         exec_ = std::move(exec);
         version_ = source_->version();

@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "spade/core/threading.hpp"
 #include "spade/graph/graph.hpp"
 #include "spade/graph/shape_inference.hpp"
 
@@ -31,6 +32,8 @@ struct ExecPlan {
     std::vector<std::vector<Shape>> node_param_shapes;
     Index workspace_elements = 0;          ///< largest scratch any op needs
     Index packed_bytes = 0;                ///< bytes of pre-packed parameters (0 unless pre-packing)
+    int threads = 0;                       ///< thread count chosen for this plan (Executor::set_thread_tuning)
+    int threads_of = 0;                    ///< spade's thread count when it was chosen (0: not chosen)
     std::uint64_t graph_version = 0;
 
     /// Bytes of all activation buffers plus the workspace, for scalar size `bytes_per`.
@@ -78,22 +81,13 @@ public:
         if (plan_.value_shapes.empty() || plan_.input_shapes != shapes || plan_.graph_version != g.version())
             compile(shapes);
         inputs_.assign(inputs.begin(), inputs.end());
-        std::vector<TensorRef<const T>> in, ps;
-        std::vector<TensorRef<T>> out;
-        for (std::size_t i = 0; i < g.nodes().size(); ++i) {
-            const auto& n = g.nodes()[i];
-            in.clear(), ps.clear(), out.clear();
-            for (ValueId v : n.inputs) in.push_back(value(v));
-            for (ValueId v : n.outputs) out.push_back(mutable_value(v));
-            for (ParamId p : n.params) ps.push_back(g.parameter(p).ref());
-            if (!profiling_) {
-                n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
-                continue;
-            }
-            const auto t0 = std::chrono::steady_clock::now();
-            n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
-            node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        int threads = num_threads();
+        if (tune_threads_ && threads > 1) {
+            if (plan_.threads_of != threads) plan_.threads = choose_threads(), plan_.threads_of = threads;
+            threads = plan_.threads;
         }
+        const ThreadCountScope scope(threads);
+        pass(profiling_ ? &node_seconds_ : nullptr);
     }
 
     /// Turns pre-packing of parameters on or off (off by default), packing for the current
@@ -107,6 +101,20 @@ public:
         if (on && !plan_.value_shapes.empty()) packed_ = pack_all(plan_);
     }
     bool prepack() const { return prepack_; }
+
+    /// Turns the choice of a thread count per plan on or off (off by default;
+    /// InferenceModel turns it on). When on, the first run of each plan on more than one
+    /// thread times whole passes on all of spade's threads, on half of them, and so on
+    /// down to one, alternately, and the runs that follow use the fastest count
+    /// (ExecPlan::threads). A small network (a pruned one) can lose more to threads
+    /// meeting at the end of every layer and to activations moving between the cores'
+    /// caches than it gains from the second core. Switching it either way drops the
+    /// choice made.
+    void set_thread_tuning(bool on) {
+        tune_threads_ = on;
+        plan_.threads = plan_.threads_of = 0;
+    }
+    bool thread_tuning() const { return tune_threads_; }
 
     /// Starts (or stops) adding up the wall time of every node over the runs that follow.
     void set_profiling(bool on) {
@@ -232,6 +240,55 @@ private:
         }
         return packed;
     }
+    // Runs every node in order, adding each node's wall time to (*seconds)[i] when given.
+    void pass(std::vector<double>* seconds) {
+        const auto& g = *graph_;
+        std::vector<TensorRef<const T>> in, ps;
+        std::vector<TensorRef<T>> out;
+        for (std::size_t i = 0; i < g.nodes().size(); ++i) {
+            const auto& n = g.nodes()[i];
+            in.clear(), ps.clear(), out.clear();
+            for (ValueId v : n.inputs) in.push_back(value(v));
+            for (ValueId v : n.outputs) out.push_back(mutable_value(v));
+            for (ParamId p : n.params) ps.push_back(g.parameter(p).ref());
+            if (!seconds) {
+                n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
+                continue;
+            }
+            const auto t0 = std::chrono::steady_clock::now();
+            n.op->forward(ForwardContext<T>{n.name, in, out, ps, std::span<T>(workspace_), packed(i)});
+            (*seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+    }
+    // The thread count of set_thread_tuning: whole passes on each candidate count in
+    // turn, as many rounds (3 to 9) as fit in about a tenth of a second; the lowest median
+    // wins. Choosing per node measured slower on two cores: each switch between one
+    // thread and two moves the activations between the cores' caches.
+    int choose_threads() {
+        std::vector<int> counts;
+        for (int n = num_threads(); n > 1; n /= 2) counts.push_back(n);
+        counts.push_back(1);
+        auto timed_pass = [&](int n) {
+            const ThreadCountScope threads(n);
+            const auto t0 = std::chrono::steady_clock::now();
+            pass(nullptr);
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+        const double warm = timed_pass(counts[0]);
+        const double budget = 0.1 / static_cast<double>(counts.size());
+        const int rounds = std::clamp(static_cast<int>(budget / std::max(warm, 1e-9)), 3, 9);
+        std::vector<std::vector<double>> times(counts.size());
+        for (int r = 0; r < rounds; ++r)
+            for (std::size_t c = 0; c < counts.size(); ++c) times[c].push_back(timed_pass(counts[c]));
+        int best = counts[0];
+        double best_time = 0;
+        for (std::size_t c = 0; c < counts.size(); ++c) {
+            auto& t = times[c];
+            std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
+            if (c == 0 || t[t.size() / 2] < best_time) best = counts[c], best_time = t[t.size() / 2];
+        }
+        return best;
+    }
     const PackedParams* packed(std::size_t node) const { return node < packed_.size() ? packed_[node].get() : nullptr; }
     TensorRef<T> mutable_value(ValueId v) {
         return {buffers_[plan_.buffer_of[v]].data() + plan_.offset_of[v], plan_.value_shapes[v]};
@@ -301,6 +358,7 @@ private:
     std::vector<T> workspace_;
     std::vector<std::unique_ptr<PackedParams>> packed_;  ///< per node, when pre-packing
     bool prepack_ = false;
+    bool tune_threads_ = false;
     std::vector<TensorRef<const T>> inputs_;
     bool profiling_ = false;
     std::vector<double> node_seconds_;

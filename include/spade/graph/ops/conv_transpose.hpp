@@ -145,10 +145,8 @@ public:
                 T* dst = yb + gi * cout_g * plane_out;
                 T* col = in_place ? dst : ctx.workspace.data();
                 // col [C_out_g*kh*kw x H*W] = W_g^T [.. x C_in_g] * x_g [C_in_g x H*W]
-                kernels::ConstRowMap<T> Wg(w.data + gi * cin_g * rows, cin_g, rows, Eigen::OuterStride<>(rows));
-                kernels::ConstRowMap<T> Xg(xb + gi * cin_g * plane_in, cin_g, plane_in, Eigen::OuterStride<>(plane_in));
-                kernels::RowMap<T> C(col, rows, plane_in, Eigen::OuterStride<>(plane_in));
-                C.noalias() = Wg.transpose() * Xg;
+                kernels::gemm_at_parallel(rows, plane_in, cin_g, w.data + gi * cin_g * rows, rows,
+                                          xb + gi * cin_g * plane_in, plane_in, col, plane_in);
                 if (!in_place) kernels::col2im(col, cout_g, g, dst);
             }
             if (o_.bias) add_bias(yb, ctx.params[1].data, cout, plane_out);

@@ -86,7 +86,7 @@ public:
         T* yt = xt + in * n;           // [out, N]
         for (Index r = 0; r < n; ++r)
             for (Index i = 0; i < in; ++i) xt[i * n + r] = x.data[r * in + i];
-        kernels::gemm(out, n, in, w.data, in, xt, n, yt, n);
+        kernels::gemm_parallel(out, n, in, w.data, in, xt, n, yt, n);
         for (Index r = 0; r < n; ++r) {
             T* row = y + r * out;
             for (Index j = 0; j < out; ++j) row[j] = yt[j * n + r] + (b ? b[j] : T(0));
