@@ -12,7 +12,6 @@
 
 int main() {
     using clock = std::chrono::steady_clock;
-    spade::set_num_threads(spade::num_threads());  // OMP_NUM_THREADS or all cores
 
     auto graph = spade::models::resnet50<float>({.batch = 1, .image_size = 224});
     const spade::Tensor<float> x(spade::Shape{1, 3, 224, 224}, 0.5f);

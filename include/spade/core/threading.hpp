@@ -1,22 +1,24 @@
 // One thread setting for the whole library, and the threads spade's kernels run
-// on. The count is OpenMP's (per calling thread; it defaults to the machine's
-// cores), but the threads are spade's own: a pool of workers that wait spinning
-// for a while after each loop, so that a loop starts and ends in about a
-// microsecond where an OpenMP parallel region took 3-4 us on the 2-core cloud
-// machines spade is measured on, and a pruned network runs a few hundred of them
-// per forward. Eigen's products run on one thread each (spade splits them).
+// on. The count is OpenMP's (set per calling thread; it defaults to the
+// machine's cores), but the threads are spade's own: a pool of workers that wait
+// spinning for half a millisecond after each loop (unless OMP_WAIT_POLICY is
+// passive), so that a loop starts and ends with one cache line passed each way
+// (0.6 us on the 2-core Zen 5 cloud machine, where an OpenMP parallel region took
+// 3-4 us; a pruned network runs 50-180 loops per forward). Eigen's products run
+// on one thread each (spade splits them).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <Eigen/Core>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -85,19 +87,17 @@ inline void spin_pause() {
 }
 
 // The workers behind parallel_for: created as loops first need them, woken by a
-// generation counter they spin on (and, after spin_time without a loop, sleep on).
-// One loop runs at a time; a thread that finds the pool taken runs its loop alone.
+// counter they spin on (and, after spin_time without a loop, sleep on). The counter
+// holds the loop's number and its thread count, so a worker that takes no part
+// learns so without reading anything the next loop may be writing. One loop runs at
+// a time; a thread that finds the pool taken runs its loop alone. The pool is never
+// destroyed (a loop may run from another static object's destructor); its workers
+// end with the process.
 class Pool {
 public:
     static Pool& get() {
-        static Pool pool;
+        static Pool& pool = *new Pool;
         return pool;
-    }
-    ~Pool() {
-        stop_.store(true);
-        generation_.fetch_add(1);
-        generation_.notify_all();
-        for (auto& w : workers_) w.join();
     }
 
     // Runs body(i) for i in [0, n) on up to `threads` threads, this one included: contiguous
@@ -107,44 +107,56 @@ public:
     bool run(long n, int threads, F& body, bool dynamic) {
         std::unique_lock<std::mutex> lock(owner_, std::try_to_lock);
         if (!lock) return false;
-        grow(threads - 1);
-        call_ = [](void* f, long i) { (*static_cast<F*>(f))(i); };
-        body_ = &body;
+        grow(std::min(threads, max_threads) - 1);
+        call_ = [](const void* f, long i) { (*static_cast<F*>(const_cast<void*>(f)))(i); };
+        body_ = std::addressof(body);
         n_ = n;
         threads_ = std::min(threads, static_cast<int>(workers_.size()) + 1);
         dynamic_ = dynamic;
         next_.store(0, std::memory_order_relaxed);
         error_ = nullptr;
-        pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-        generation_.fetch_add(1);  // seq_cst, paired with the sleepers' count
-        if (sleepers_.load() > 0) generation_.notify_all();
+        pending_.store(threads_ - 1, std::memory_order_relaxed);
+        // seq_cst, paired with the sleepers' count
+        const unsigned loop = (signal_.load(std::memory_order_relaxed) >> 8) + 1;
+        signal_.store(loop << 8 | static_cast<unsigned>(threads_));
+        if (sleepers_.load() > 0) signal_.notify_all();
         {
-            in_loop = true;
+            const Member member(0);
             share(0);
-            in_loop = false;
         }
-        while (pending_.load(std::memory_order_acquire) > 0) spin_pause();
+        for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; ++spins)
+            spins < 4096 ? spin_pause() : std::this_thread::yield();
         if (error_) std::rethrow_exception(error_);
         return true;
     }
 
 private:
-    Pool() = default;
-    static constexpr auto spin_time = std::chrono::microseconds(500);
+    static constexpr int max_threads = 255;  // the thread count takes 8 bits of the signal
+    Pool()
+        : spin_time_([] {
+              const char* p = std::getenv("OMP_WAIT_POLICY");
+              const bool passive = p && (std::strcmp(p, "passive") == 0 || std::strcmp(p, "PASSIVE") == 0);
+              return passive ? std::chrono::microseconds(0) : std::chrono::microseconds(500);
+          }()) {}
 
+    // marks this thread as running share `index` of a loop (loops inside run serially)
+    struct Member {
+        explicit Member(int index) { loop_thread = index, in_loop = true; }
+        ~Member() { loop_thread = 0, in_loop = false; }
+    };
     // at least `n` workers, as far as the system lets us start them
     void grow(int n) {
         while (static_cast<int>(workers_.size()) < n) {
             try {
-                // the generation now, before this loop's: the worker must not miss it
+                // the signal now, before this loop's: the worker must not miss it
                 workers_.emplace_back([this, index = static_cast<int>(workers_.size()) + 1,
-                                       seen = generation_.load()] { work(index, seen); });
+                                       seen = signal_.load()] { work(index, seen); });
             } catch (...) {
                 return;  // fewer threads
             }
         }
     }
-    void share(int t) {
+    void share(int t) noexcept {
         try {
             if (dynamic_) {
                 for (long i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) call_(body_, i);
@@ -157,45 +169,44 @@ private:
             if (!error_) error_ = std::current_exception();
         }
     }
-    void work(int index, unsigned seen) {
-        loop_thread = index;
-        in_loop = true;
+    [[noreturn]] void work(int index, unsigned seen) {
+        const Member member(index);
 #if defined(_OPENMP)
         omp_set_num_threads(1);
 #endif
         for (;;) {
             auto since = std::chrono::steady_clock::now();
-            for (int spins = 1; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+            for (int spins = 1; signal_.load(std::memory_order_acquire) == seen; ++spins) {
                 spin_pause();
-                if (spins % 64 == 0 && std::chrono::steady_clock::now() - since > spin_time) {
+                if (spins % 64 == 0 && std::chrono::steady_clock::now() - since >= spin_time_) {
                     sleepers_.fetch_add(1);
-                    generation_.wait(seen);
+                    signal_.wait(seen);
                     sleepers_.fetch_sub(1);
                     since = std::chrono::steady_clock::now();
                 }
             }
-            seen = generation_.load(std::memory_order_acquire);
-            if (stop_.load()) return;
-            if (index < threads_) share(index);
+            seen = signal_.load(std::memory_order_acquire);
+            if (index >= static_cast<int>(seen & 0xff)) continue;  // not in this loop
+            share(index);
             pending_.fetch_sub(1, std::memory_order_release);
         }
     }
 
+    const std::chrono::microseconds spin_time_;
     std::mutex owner_;  // held by the thread whose loop runs
     std::vector<std::thread> workers_;
-    // the loop (written by its owner before the generation moves on, read by workers after)
-    void (*call_)(void*, long) = nullptr;
-    void* body_ = nullptr;
+    // the loop (written by its owner before the signal moves on, read by its workers after)
+    void (*call_)(const void*, long) = nullptr;
+    const void* body_ = nullptr;
     long n_ = 0;
     int threads_ = 1;
     bool dynamic_ = false;
     std::exception_ptr error_;
     std::mutex error_lock_;
-    alignas(64) std::atomic<long> next_{0};            // the next item of a dynamic loop
-    alignas(64) std::atomic<unsigned> generation_{0};  // moves on once per loop
-    alignas(64) std::atomic<int> pending_{0};          // workers not done with the loop
+    alignas(64) std::atomic<long> next_{0};        // the next item of a dynamic loop
+    alignas(64) std::atomic<unsigned> signal_{0};  // loop number << 8 | its thread count
+    alignas(64) std::atomic<int> pending_{0};      // workers not done with the loop
     std::atomic<int> sleepers_{0};
-    std::atomic<bool> stop_{false};
 };
 
 // Runs body(i) for i in [0, n) on spade's threads (at most n) unless one thread is
@@ -210,8 +221,9 @@ bool run_parallel(long n, F& body, bool dynamic) {
 
 /// Runs `body(i)` for i in [0, n), split across threads when the work is large enough
 /// (each thread a contiguous share). `work_per_item` is a rough cost estimate (e.g.
-/// elements touched) used to keep tiny loops on one thread. An exception thrown by
-/// `body` is rethrown on the calling thread (the first one).
+/// elements touched) used to keep tiny loops on one thread. Runs on the calling thread
+/// alone inside another loop or while another thread's loop holds the pool. An
+/// exception thrown by `body` is rethrown on the calling thread (the first one).
 template <class F>
 void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
     if (n > 1 && n * work_per_item >= (1 << 15) && detail::run_parallel(n, body, false)) return;

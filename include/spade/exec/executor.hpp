@@ -82,7 +82,7 @@ public:
             compile(shapes);
         inputs_.assign(inputs.begin(), inputs.end());
         int threads = num_threads();
-        if (tune_threads_ && threads > 1) {
+        if (tune_threads_ && threads > 1 && !detail::in_parallel()) {  // inside a loop: one thread anyway
             if (plan_.threads_of != threads) plan_.threads = choose_threads(), plan_.threads_of = threads;
             threads = plan_.threads;
         }
@@ -98,6 +98,7 @@ public:
         if (plan_.graph_version != graph_->version()) plan_ = ExecPlan{};  // stale: the next run plans and packs
         packed_.clear();
         plan_.packed_bytes = 0;
+        plan_.threads_of = 0;  // timed with the other packing
         if (on && !plan_.value_shapes.empty()) packed_ = pack_all(plan_);
     }
     bool prepack() const { return prepack_; }
@@ -106,10 +107,13 @@ public:
     /// InferenceModel turns it on). When on, the first run of each plan on more than one
     /// thread times whole passes on all of spade's threads, on half of them, and so on
     /// down to one, alternately, and the runs that follow use the fastest count
-    /// (ExecPlan::threads). A small network (a pruned one) can lose more to threads
-    /// meeting at the end of every layer and to activations moving between the cores'
-    /// caches than it gains from the second core. Switching it either way drops the
-    /// choice made.
+    /// (ExecPlan::threads; fewer threads only if at least 5% faster); that costs 7 or
+    /// more passes once (3 rounds at least, up to 9 as fit in a tenth of a second). A small network (a pruned one) can lose more to
+    /// threads meeting at the end of every layer and to activations moving between the
+    /// cores' caches than it gains from the second core. The choice holds for the plan
+    /// (a moment of load on the machine when it was made included); switching tuning
+    /// either way, set_prepack or a new plan drop it (set_thread_tuning(true) has the
+    /// next run choose again).
     void set_thread_tuning(bool on) {
         tune_threads_ = on;
         plan_.threads = plan_.threads_of = 0;
@@ -260,10 +264,12 @@ private:
             (*seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
     }
-    // The thread count of set_thread_tuning: whole passes on each candidate count in
-    // turn, as many rounds (3 to 9) as fit in about a tenth of a second; the lowest median
-    // wins. Choosing per node measured slower on two cores: each switch between one
-    // thread and two moves the activations between the cores' caches.
+    // The thread count of set_thread_tuning: rounds of whole passes, one on each
+    // candidate count in turn, as many rounds as fit in about a tenth of a second (3 to
+    // 9). A count is compared with all threads by the median over rounds of its time /
+    // the all-thread time of the same round (so that a slow spell of the machine falls
+    // on both), and replaces all threads only if that median is below 0.95: a choice
+    // made on noise would stick for the whole plan.
     int choose_threads() {
         std::vector<int> counts;
         for (int n = num_threads(); n > 1; n /= 2) counts.push_back(n);
@@ -277,15 +283,17 @@ private:
         const double warm = timed_pass(counts[0]);
         const double budget = 0.1 / static_cast<double>(counts.size());
         const int rounds = std::clamp(static_cast<int>(budget / std::max(warm, 1e-9)), 3, 9);
-        std::vector<std::vector<double>> times(counts.size());
-        for (int r = 0; r < rounds; ++r)
-            for (std::size_t c = 0; c < counts.size(); ++c) times[c].push_back(timed_pass(counts[c]));
+        std::vector<std::vector<double>> ratios(counts.size());
+        for (int r = 0; r < rounds; ++r) {
+            const double all = timed_pass(counts[0]);
+            for (std::size_t c = 1; c < counts.size(); ++c) ratios[c].push_back(timed_pass(counts[c]) / all);
+        }
         int best = counts[0];
-        double best_time = 0;
-        for (std::size_t c = 0; c < counts.size(); ++c) {
-            auto& t = times[c];
-            std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
-            if (c == 0 || t[t.size() / 2] < best_time) best = counts[c], best_time = t[t.size() / 2];
+        double best_ratio = 0.95;
+        for (std::size_t c = 1; c < counts.size(); ++c) {
+            auto& q = ratios[c];
+            std::nth_element(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(q.size() / 2), q.end());
+            if (q[q.size() / 2] < best_ratio) best = counts[c], best_ratio = q[q.size() / 2];
         }
         return best;
     }

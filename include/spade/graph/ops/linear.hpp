@@ -65,7 +65,7 @@ public:
         return n == 1 ? 0 : n * (ctx.inputs[0][1] + out[0][1]);
     }
 
-    // Computes y^T = W x^T with plain row-major operands rather than y = x W^T (gemm_bt):
+    // Computes y^T = W x^T with plain row-major operands rather than y = x W^T:
     // GCC 12.2 with AVX-512 fails -Werror on Eigen's packing of a transposed right-hand side
     // (a false "-Wuninitialized" inside avx512fintrin.h). The two transposes cost N*(in+out),
     // nothing next to the N*in*out product, and vanish for N = 1 where x^T and y^T are x and y.
