@@ -106,14 +106,14 @@ public:
     /// Turns the choice of a thread count per plan on or off (off by default;
     /// InferenceModel turns it on). When on, the first run of each plan on more than one
     /// thread times whole passes on all of spade's threads, on half of them, and so on
-    /// down to one, alternately, and the runs that follow use the fastest count
-    /// (ExecPlan::threads; fewer threads only if at least 5% faster); that costs 7 or
-    /// more passes once (3 rounds at least, up to 9 as fit in a tenth of a second). A small network (a pruned one) can lose more to
-    /// threads meeting at the end of every layer and to activations moving between the
-    /// cores' caches than it gains from the second core. The choice holds for the plan
-    /// (a moment of load on the machine when it was made included); switching tuning
-    /// either way, set_prepack or a new plan drop it (set_thread_tuning(true) has the
-    /// next run choose again).
+    /// down to one (choose_threads: fewer threads only if at least 5% faster), which costs
+    /// 7 or more passes once, and the runs that follow use the count chosen
+    /// (ExecPlan::threads). A small network (a pruned one) can lose more to threads
+    /// meeting at the end of every layer and to activations moving between the cores'
+    /// caches than it gains from the second core. The choice holds for the plan (a moment
+    /// of load on the machine when it was made included); switching tuning either way,
+    /// set_prepack or a new plan drop it (set_thread_tuning(true) has the next run
+    /// choose again).
     void set_thread_tuning(bool on) {
         tune_threads_ = on;
         plan_.threads = plan_.threads_of = 0;
