@@ -335,10 +335,10 @@ struct FlatPiece {
     int v;
     Index lane, n, at;
 };
-// The pieces of `count` flat outputs from flat index f0 on, vectors of L lanes (see the
-// file comment); returns how many (at most count + count / L + 1).
-inline int flat_pieces(Index f0, Index count, Index lanes_per_vector, const DirectGeometry& g, FlatPiece* out) {
-    Index oh = f0 / g.wq, ow = f0 % g.wq;
+// The pieces of `count` flat outputs from the one at row oh, column ow on, vectors of L
+// lanes (see the file comment); returns how many (at most count + count / L + 1).
+inline int flat_pieces(Index oh, Index ow, Index count, Index lanes_per_vector, const DirectGeometry& g,
+                       FlatPiece* out) {
     int np = 0;
     for (Index k = 0; k < count;) {
         if (ow >= g.out_w) {  // padding columns: computed, dropped
@@ -451,7 +451,7 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
         // a step across row ends: its row pieces, found once for all rows of the tile (on 3x3
         // convs of 16 to 128 channels a scalar store of these steps took 7-24 % of the time)
         detail::FlatPiece pieces[direct_nr<T>() + detail::direct_vectors + 1];  // (NR + NV + 1 here: a GCC 12 ICE)
-        const int np = detail::flat_pieces(f0, count, L, g, pieces);
+        const int np = detail::flat_pieces(oh, ow, count, L, g, pieces);
 #endif
         for (Index r = 0; r < rows; ++r) {
             const Index o = p * MR + r;
