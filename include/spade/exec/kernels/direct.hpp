@@ -115,9 +115,10 @@ struct DirectGeometry {
     Index hq = 0;      ///< rows of a phase plane that hold (padded) input
     Index flat = 0;    ///< flat outputs computed: (out_h - 1) * wq + out_w
     Index plane = 0;   ///< elements per phase plane, slack for the last step's reads included
+    bool same = false; ///< 3x3, stride 1, padding 1 with AVX-512: computed in place, no planes (conv3x3_same)
 
     /// Elements of scratch the input planes take.
-    Index workspace(int s) const { return cin * s * s * plane; }
+    Index workspace(int s) const { return same ? 0 : cin * s * s * plane; }
 };
 
 /// Lays out a KH x KW, stride S direct convolution of `cin` channels of h x w (padding pad_h, pad_w).
@@ -137,6 +138,9 @@ DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index p
     constexpr Index NR = direct_nr<T>();
     const Index steps = (g.flat + NR - 1) / NR;
     g.plane = std::max(g.hq * g.wq, steps * NR + (KH - 1) / S * g.wq + (KW - 1) / S);
+#if defined(__AVX512F__)
+    g.same = KH == 3 && KW == 3 && S == 1 && pad_h == 1 && pad_w == 1 && g.out_h == h && g.out_w == w;
+#endif
     return g;
 }
 
@@ -315,19 +319,29 @@ void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T 
 
 #if defined(__AVX512F__)
 // AVX-512 lane masks on the vector types above: lanes [lane, lane + n) of v moved to the
-// bottom, the bottom n lanes loaded from p, v's bottom n lanes stored to p.
+// bottom; loads and stores of the lanes a mask sets (the others read as zero, and are
+// never touched in memory: a masked-off lane past an array's end does not fault).
 using VF = Lanes<float>::type;
 using VD = Lanes<double>::type;
+template <class T>
+using LaneMask = std::conditional_t<sizeof(T) == 8, __mmask8, __mmask16>;
+// lanes [lo, hi) of a vector of T, both clamped to [0, L)
+template <class T>
+LaneMask<T> lane_range(Index lo, Index hi) {
+    constexpr Index L = Lanes<T>::count;
+    lo = std::clamp<Index>(lo, 0, L), hi = std::clamp<Index>(hi, lo, L);
+    return LaneMask<T>(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
 inline VF compress(const VF& v, Index lane, Index n) {
-    return reinterpret_cast<VF>(_mm512_maskz_compress_ps(__mmask16(((1u << n) - 1) << lane), reinterpret_cast<__m512>(v)));
+    return reinterpret_cast<VF>(_mm512_maskz_compress_ps(lane_range<float>(lane, lane + n), reinterpret_cast<__m512>(v)));
 }
 inline VD compress(const VD& v, Index lane, Index n) {
-    return reinterpret_cast<VD>(_mm512_maskz_compress_pd(__mmask8(((1u << n) - 1) << lane), reinterpret_cast<__m512d>(v)));
+    return reinterpret_cast<VD>(_mm512_maskz_compress_pd(lane_range<double>(lane, lane + n), reinterpret_cast<__m512d>(v)));
 }
-inline VF load_low(const float* p, Index n) { return reinterpret_cast<VF>(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)); }
-inline VD load_low(const double* p, Index n) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)); }
-inline void store_low(float* p, Index n, const VF& v) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), reinterpret_cast<__m512>(v)); }
-inline void store_low(double* p, Index n, const VD& v) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), reinterpret_cast<__m512d>(v)); }
+inline VF load_masked(const float* p, __mmask16 m) { return reinterpret_cast<VF>(_mm512_maskz_loadu_ps(m, p)); }
+inline VD load_masked(const double* p, __mmask8 m) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(m, p)); }
+inline void store_masked(float* p, __mmask16 m, const VF& v) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
+inline void store_masked(double* p, __mmask8 m, const VD& v) { _mm512_mask_storeu_pd(p, m, reinterpret_cast<__m512d>(v)); }
 
 // A run of a step's flat outputs that lies in one output row and one vector: lanes
 // [lane, lane + n) of vector v go to y[at, at + n).
@@ -360,8 +374,9 @@ template <class T, class V>
 [[gnu::always_inline]] inline void store_piece(const V& v, const FlatPiece& pc, T bias, FusedClamp<T> act, T* y,
                                                const T* res) {
     V piece = compress(v, pc.lane, pc.n) + bias;
-    if (res) piece += load_low(res + pc.at, pc.n);
-    store_low(y + pc.at, pc.n, act(piece));
+    const auto low = lane_range<T>(0, pc.n);
+    if (res) piece += load_masked(res + pc.at, low);
+    store_masked(y + pc.at, low, act(piece));
 }
 #endif
 }  // namespace detail
@@ -413,12 +428,171 @@ template <class T, class V>
 }
 }  // namespace detail
 
+namespace detail {
+// Runs a direct kernel over `steps` steps of flat outputs and the weight panels of `cout`
+// outputs, in parallel: tile.template operator()<R, N>(s, p, rows) computes and stores rows
+// [0, rows) (rows <= R) of panel p over steps [s, s + N). `step_input` is the input one step
+// reads (all channels), `step_work` its multiply-adds for a whole panel.
+// Jobs are (block of steps, panel), so a panel's weights stay in L1 over a block of steps and
+// a block's input (about 256 KiB) stays in L2 over the panels (equal blocks, and at least 4
+// jobs per thread for balance).
+// A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes several steps to a
+// tile: 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16, so no
+// FMAs go to its zero rows. With one output channel (pruned DenseNet's growth layers: 3x3, 32
+// inputs, 56 x 56) the conv ran 2x faster (47 -> 23 us on AVX-512).
+template <class F>
+void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work, F&& tile) {
+    constexpr int MR = direct_mr;
+    const Index panels = (cout + MR - 1) / MR;
+    const Index most = std::clamp<Index>(Index(1 << 16) / step_input, 1, steps);
+    const Index blocks = std::min(steps, std::max((steps + most - 1) / most, (4 * num_threads() + panels - 1) / panels));
+    const Index block = (steps + blocks - 1) / blocks;
+    // steps [s0, s1) of panel p: N at a time, the rest one by one
+    auto run = [&]<int R, int N>(Index s0, Index s1, Index p, Index rows) {
+        Index s = s0;
+        if constexpr (N > 1)
+            for (; s + N <= s1; s += N) tile.template operator()<R, N>(s, p, rows);
+        for (; s < s1; ++s) tile.template operator()<R, 1>(s, p, rows);
+    };
+    auto steps_of = [&](Index s0, Index s1, Index p) {
+        const Index rows = std::min<Index>(MR, cout - p * MR);
+        if (rows == 1) return run.template operator()<1, 4>(s0, s1, p, rows);
+        if (rows == 2) return run.template operator()<2, (MR >= 8 ? 4 : 2)>(s0, s1, p, rows);
+        if constexpr (MR >= 8)
+            if (rows <= 4) return run.template operator()<4, 2>(s0, s1, p, rows);
+        run.template operator()<MR, 1>(s0, s1, p, rows);
+    };
+    parallel_for(
+        ((steps + block - 1) / block) * panels,
+        [&](long job) {
+            const Index b = job / panels, p = job % panels;
+            steps_of(b * block, std::min(steps, (b + 1) * block), p);
+        },
+        block * step_work);
+}
+
+#if defined(__AVX512F__)
+// The load masks of a 3x3 "same" conv (stride 1, padding 1) computed flat over its unpadded
+// input (conv3x3_same), for N vectors of outputs from flat index f0 on: tap[i][j][v] keeps
+// the lanes whose input f + (i - 1) w + j - 1 is a pixel of the plane, i.e. row oh + i - 1
+// inside [0, h) and, for j = 0 (2), not an output at column 0 (w - 1), whose left (right)
+// neighbour in flat order lies on the row above (below).
+template <class T, int N>
+struct SameMasks {
+    LaneMask<T> tap[3][3][N];
+    SameMasks(Index f0, Index w, Index n) {
+        constexpr Index L = Lanes<T>::count;
+        Index col = f0 % w;  // of the vector's first output
+        for (int v = 0; v < N; ++v, col = (col + L) % w) {
+            const Index f = f0 + v * L;
+            unsigned first = 0, last = 0;  // lanes at column 0 and at column w - 1
+            for (Index l = (w - col) % w; l < L; l += w) first |= 1u << l;
+            for (Index l = w - 1 - col; l < L; l += w) last |= 1u << l;
+            for (int i = 0; i < 3; ++i) {
+                const unsigned rows = lane_range<T>((1 - i) * w - f, n - (i - 1) * w - f);
+                tap[i][0][v] = LaneMask<T>(rows & ~first);
+                tap[i][1][v] = LaneMask<T>(rows);
+                tap[i][2][v] = LaneMask<T>(rows & ~last);
+            }
+        }
+    }
+};
+// acc = R output channels of weight panel `a` (packed [cin][9][MR]) over N vectors of flat
+// outputs of a 3x3 same conv, x at the first of them (channels n = h w apart, rows w apart).
+// Inside the plane (Edge false: every tap row of every lane lies in it) only the side
+// columns' taps need masks.
+template <class T, int R, int N, bool Edge, class V>
+[[gnu::always_inline]] inline void same3x3_tile(const T* x, Index cin, Index n, Index w, const T* a,
+                                                const SameMasks<T, N>& m, V (&acc)[R][N]) {
+    constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < N; ++v) acc[r][v] = V{};
+    LaneMask<T> side[2][N];  // inside the plane: the masks of the side columns, in registers
+    for (int v = 0; v < N; ++v) side[0][v] = m.tap[1][0][v], side[1][v] = m.tap[1][2][v];
+    for (Index c = 0; c < cin; ++c, x += n) {
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+            for (int j = 0; j < 3; ++j, a += MR) {
+                const T* src = x + (i - 1) * w + (j - 1);
+                V b[N];
+                for (int v = 0; v < N; ++v) {
+                    if constexpr (Edge)
+                        b[v] = load_masked(src + v * L, m.tap[i][j][v]);
+                    else
+                        b[v] = j == 1 ? load(src + v * L) : load_masked(src + v * L, side[j / 2][v]);
+                }
+                for (int r = 0; r < R; ++r)
+                    for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
+            }
+        }
+    }
+}
+// conv_direct for a 3x3 kernel of stride 1 and padding 1 (g.same): computed flat over the
+// unpadded input, output f = oh w + ow reading input f + (i - 1) w + j - 1 for tap (i, j),
+// the taps that fall outside the plane or wrap onto the next row masked off in the load.
+// A step is NR consecutive outputs in place, in x and in y: no phase planes to fill (a
+// tenth of the time of a pruned layer of 16 to 64 channels) and no row pieces to store.
+template <class T>
+void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
+                  const T* res) {
+    using V = typename Lanes<T>::type;
+    constexpr int L = Lanes<T>::count, MR = direct_mr, NV = direct_vectors;
+    constexpr Index NR = direct_nr<T>();
+    const Index n = g.h * g.w, w = g.w;
+    const FusedClamp<T> clamp(act);
+    auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
+        constexpr int NT = N * NV;  // vectors of the tile
+        const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step
+        const SameMasks<T, NT> m(f0, w, n);
+        const T* a = packed + p * g.cin * 9 * MR;
+        // computed and stored in one piece per kind of tile: with one tile array for both
+        // kinds, GCC kept the accumulators in memory (1.3x slower)
+        auto compute = [&]<bool Edge>() __attribute__((always_inline)) {
+            V acc[R][NT];
+            same3x3_tile<T, R, NT, Edge>(x + f0, g.cin, n, w, a, m, acc);
+            auto row = [&](Index r) __attribute__((always_inline)) {
+                const Index o = p * MR + r;
+                const T b = bias ? bias[o] : T(0);
+                T* yo = y + o * n + f0;
+                const T* ro = res ? res + o * n + f0 : nullptr;
+#pragma GCC unroll 8
+                for (int v = 0; v < NT; ++v) {
+                    if ((v + 1) * L <= count) {
+                        store_vector(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr);
+                    } else if (v * L < count) {
+                        const auto k = lane_range<T>(0, count - v * L);
+                        V out = acc[r][v] + b;
+                        if (ro) out += load_masked(ro + v * L, k);
+                        store_masked(yo + v * L, k, clamp(out));
+                    }
+                }
+            };
+            // unrolled, every row at a constant index: the tile stays in registers
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r)
+                if (r < rows) row(r);
+        };
+        if (f0 >= w && f0 + NT * L + w <= n) {
+            compute.template operator()<false>();
+        } else {
+            compute.template operator()<true>();
+        }
+    };
+    run_direct_tiles((n + NR - 1) / NR, g.cout, NR * g.cin, g.cin * 9 * MR * NR, tile);
+}
+#endif
+}  // namespace detail
+
 /// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c] + res[o]) for one image x [cin, h, w] into y [cout, out_h, out_w],
 /// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
 /// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements.
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {
+#if defined(__AVX512F__)
+    if constexpr (KH == 3 && KW == 3 && S == 1)
+        if (g.same) return detail::conv3x3_same(x, g, packed, bias, act, y, res);
+#endif
     // one task per channel and row phase: a stem's 3 channels still split evenly over 2 threads
     parallel_for(
         g.cin * S,
@@ -432,15 +606,8 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count, MR = direct_mr, NV = detail::direct_vectors, taps = KH * KW;
     constexpr Index NR = direct_nr<T>();
-    const Index panels = (g.cout + MR - 1) / MR, steps = (g.flat + NR - 1) / NR;
     const Index out_plane = g.out_h * g.out_w;
     const FusedClamp<T> clamp(act);
-    // jobs: (block of steps, panel), so a panel's weights stay in L1 over a block of
-    // steps and a block's input (about 256 KiB) stays in L2 over the panels
-    // (equal blocks, and at least 4 jobs per thread for balance)
-    const Index most = std::clamp<Index>(Index(1 << 16) / (NR * g.cin * S * S), 1, steps);
-    const Index blocks = std::min(steps, std::max((steps + most - 1) / most, (4 * num_threads() + panels - 1) / panels));
-    const Index block = (steps + blocks - 1) / blocks;
     // stores rows [0, rows) of panel p's tile of step s
     auto finish = [&](V (&acc)[MR][NV], Index s, Index p, Index rows) __attribute__((always_inline)) {
         const Index f0 = s * NR, count = std::min<Index>(NR, g.flat - f0);
@@ -483,32 +650,7 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
             }
         }
     };
-    // steps [s0, s1) of panel p: N at a time, the rest one by one
-    auto run = [&]<int R, int N>(Index s0, Index s1, Index p, Index rows) {
-        Index s = s0;
-        if constexpr (N > 1)
-            for (; s + N <= s1; s += N) tile.template operator()<R, N>(s, p, rows);
-        for (; s < s1; ++s) tile.template operator()<R, 1>(s, p, rows);
-    };
-    // A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes several steps to a
-    // tile: 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16.
-    // With one output channel (pruned DenseNet's growth layers: 3x3, 32 inputs, 56 x 56) the conv
-    // ran 2x faster (47 -> 23 us on AVX-512); filling its phase planes is much of what is left.
-    auto steps_of = [&](Index s0, Index s1, Index p) {
-        const Index rows = std::min<Index>(MR, g.cout - p * MR);
-        if (rows == 1) return run.template operator()<1, 4>(s0, s1, p, rows);
-        if (rows == 2) return run.template operator()<2, (MR >= 8 ? 4 : 2)>(s0, s1, p, rows);
-        if constexpr (MR >= 8)
-            if (rows <= 4) return run.template operator()<4, 2>(s0, s1, p, rows);
-        run.template operator()<MR, 1>(s0, s1, p, rows);
-    };
-    parallel_for(
-        ((steps + block - 1) / block) * panels,
-        [&](long job) {
-            const Index b = job / panels, p = job % panels;
-            steps_of(b * block, std::min(steps, (b + 1) * block), p);
-        },
-        block * g.cin * taps * MR * NR);
+    detail::run_direct_tiles((g.flat + NR - 1) / NR, g.cout, NR * g.cin * S * S, g.cin * taps * MR * NR, tile);
 }
 
 /// y[o] = act(bias[o] + sum_c w[o, c] x[c] + res[o]) for a 1x1 convolution of one image read in
