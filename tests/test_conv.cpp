@@ -196,23 +196,41 @@ TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as R
     }
 }
 
-TEST_CASE("1x1 convs over 256 pixels or more take the direct tiles with at most 16 outputs or 32 inputs", "[conv]") {
+TEST_CASE("1x1 convs take the direct tiles: with AVX-512 over a step of pixels or more, else with few outputs or inputs",
+          "[conv]") {
+    // With AVX-512 every 1x1 conv over at least direct_nr pixels (16 doubles) runs on the direct tiles;
+    // narrower vectors keep it to at least 256 pixels with at most 16 outputs or 32 inputs.
+    const bool avx512 = kernels::detail::vector_bytes >= 64;
     struct Case {
         Index cin, cout, h, w;
         bool direct;  // packed in panels of direct_mr outputs, else the GEMM (nothing packed)
     };
-    for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, false},
-                          Case{8, 40, 15, 17, false}}) {  // the last one: 255 pixels
+    for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, avx512},
+                          Case{8, 40, 15, 17, avx512},  // 255 pixels
+                          Case{64, 72, 7, 7, avx512},  // 49 pixels: more jobs than steps, panels split in groups
+                          Case{64, 64, 4, 4, avx512}, Case{64, 64, 3, 5, false}}) {  // 16 and 15 pixels
         GraphBuilder<double> b(3);
         auto x = b.input("x", {1, c.cin, c.h, c.w});
         b.output(nn::conv2d(x, "p", {.out_channels = c.cout, .kernel = 1}));
         auto g = std::move(b).build();
         Executor<double> e(g);
         e.set_prepack(true);
-        e.forward(test::random_tensor<double>({1, c.cin, c.h, c.w}, 2));
+        const auto in = test::random_tensor<double>({1, c.cin, c.h, c.w}, 2);
+        const auto y = e.forward(in);
         const Index panels = (c.cout + kernels::direct_mr - 1) / kernels::direct_mr;
         INFO("cin " << c.cin << " cout " << c.cout << " pixels " << c.h * c.w);
         CHECK(e.plan().packed_bytes == (c.direct ? Index(panels * kernels::direct_mr * c.cin * sizeof(double)) : 0));
+        // either way the product of the weights and the image, plus the bias
+        const auto& w = g.parameter("p.weight");
+        const auto& bias = g.parameter("p.bias");
+        double worst = 0;
+        for (Index o = 0; o < c.cout; ++o)
+            for (Index q = 0; q < c.h * c.w; ++q) {
+                double want = bias.data()[o];
+                for (Index i = 0; i < c.cin; ++i) want += w.data()[o * c.cin + i] * in.data()[i * c.h * c.w + q];
+                worst = std::max(worst, std::abs(want - y.data()[o * c.h * c.w + q]));
+            }
+        CHECK(worst < 1e-12);
     }
 }
 
@@ -239,7 +257,7 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     GraphBuilder<double> b(7);
     auto x = b.input("x", {1, 5, 12, 10});
     auto y = nn::conv2d(x, "a", {.out_channels = 11, .kernel = 3, .padding = 1});          // direct 3x3
-    y = nn::conv2d(y, "b", {.out_channels = 6, .kernel = 1});                             // GEMM, nothing packed
+    y = nn::conv2d(y, "b", {.out_channels = 6, .kernel = 1});                             // direct with AVX-512, else GEMM
     y = nn::conv2d(y, "c", {.out_channels = 9, .kernel = 7, .stride = 2, .padding = 3});  // direct 7x7 stride 2
     b.output(y);
     auto g = std::move(b).build();
@@ -254,7 +272,8 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
     // panels of direct_mr (8 with AVX-512, else 4) outputs: 11 and 9 rows round up to whole panels
     const auto whole = [](Index rows) { return (rows + kernels::direct_mr - 1) / kernels::direct_mr * kernels::direct_mr; };
-    CHECK(packed.plan().packed_bytes == Index((whole(11) * 5 * 9 + whole(9) * 6 * 49) * sizeof(double)));
+    const Index b_packed = kernels::detail::vector_bytes >= 64 ? whole(6) * 11 : 0;  // the 1x1 conv over 120 pixels
+    CHECK(packed.plan().packed_bytes == Index((whole(11) * 5 * 9 + b_packed + whole(9) * 6 * 49) * sizeof(double)));
     CHECK(plain.plan().packed_bytes == 0);
     // new weight values: packing again (as InferenceModel::refresh does) follows them
     auto& cw = g.parameter("c.weight");
@@ -274,7 +293,8 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     REQUIRE(grown.size() == 2);
     CHECK(grown[1].shape() == Shape{1, 2, 6, 5});
     CHECK(test::max_rel_err(packed.forward({in.ref()})[1], grown[1]) == 0.0);
-    CHECK(packed.plan().packed_bytes == Index((whole(11) * 5 * 9 + whole(9) * 6 * 49 + whole(2) * 9 * 9) * sizeof(double)));
+    CHECK(packed.plan().packed_bytes ==
+          Index((whole(11) * 5 * 9 + b_packed + whole(9) * 6 * 49 + whole(2) * 9 * 9) * sizeof(double)));
 }
 
 TEST_CASE("stride-2 phase planes split a row into its even and odd columns, in bounds", "[conv]") {

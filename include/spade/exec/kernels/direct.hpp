@@ -659,10 +659,11 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
 /// every step is whole and finished in registers; it overlaps the step before, and the two
 /// are always in one job (no two threads write the same outputs). Jobs are blocks of steps
 /// whose input (4096 elements, 16 KiB of floats, unless one step alone needs more) stays in
-/// L1 while every panel of weights passes over it. For up to 16 output channels
-/// this measured 1.06-1.5x faster than Eigen's GEMM (which packs the whole image first and
-/// accumulates into a zeroed result) on Zen, and up to 1.3x with up to 32 inputs; with more
-/// of both it is slower (Conv2d picks).
+/// L1 while every panel of weights passes over it; with fewer blocks than 4 per thread
+/// (7x7 to 14x14 planes) the panels are split into groups too. With AVX-512 this measured
+/// 1.3-2.6x faster than Eigen's GEMM (which packs the whole image first and accumulates
+/// into a zeroed result) on every 1x1 shape of the zoo's classifiers; on AVX2 (Zen) only
+/// up to 16 output channels (1.06-1.5x) or up to 32 inputs (1.3x). Conv2d picks.
 template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
                     T* y, const T* res = nullptr) {
@@ -671,13 +672,16 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
     constexpr Index NR = direct_nr<T>();
     const Index panels = (cout + MR - 1) / MR, steps = (n + NR - 1) / NR;
     const Index block = std::clamp<Index>(Index(1 << 12) / (NR * cin), 1, std::max<Index>(1, steps / (2 * num_threads())));
-    const Index jobs = std::max<Index>(1, (steps - 1) / block);  // the last job takes the rest, two steps or more
+    const Index blocks = std::max<Index>(1, (steps - 1) / block);  // the last block takes the rest, two steps or more
+    // too few blocks to keep every thread busy (small planes): the panels split into groups as well
+    const Index groups = std::clamp<Index>((4 * num_threads() + blocks - 1) / blocks, 1, panels);
     const FusedClamp<T> clamp(act);
     parallel_for(
-        jobs,
-        [&](long b) {
-            const Index s0 = b * block, s1 = b + 1 == jobs ? steps : s0 + block;
-            for (Index p = 0; p < panels; ++p) {
+        blocks * groups,
+        [&](long job) {
+            const Index b = job / groups, group = job % groups;
+            const Index s0 = b * block, s1 = b + 1 == blocks ? steps : s0 + block;
+            for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p) {
                 const Index rows = std::min<Index>(MR, cout - p * MR);
                 for (Index s = s0; s < s1; ++s) {
                     const Index f0 = std::min(s * NR, n - NR);
@@ -687,7 +691,7 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
                 }
             }
         },
-        block * cin * MR * NR * panels);
+        block * cin * MR * NR * panels / groups);
 }
 
 }  // namespace spade::kernels
