@@ -196,10 +196,12 @@ TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as R
     }
 }
 
-TEST_CASE("1x1 convs take the direct tiles: with AVX-512 over a step of pixels or more, else with few outputs or inputs",
+TEST_CASE("1x1 convs take the direct tiles: pre-packed with AVX-512 over a step of pixels or more, else with few "
+          "outputs or inputs",
           "[conv]") {
-    // With AVX-512 every 1x1 conv over at least direct_nr pixels (16 doubles) runs on the direct tiles;
-    // narrower vectors keep it to at least 256 pixels with at most 16 outputs or 32 inputs.
+    // With AVX-512 and weights packed once per plan, every 1x1 conv over at least direct_nr pixels
+    // (16 doubles) runs on the direct tiles; narrower vectors, or weights not pre-packed, keep it to
+    // at least 256 pixels with at most 16 outputs or 32 inputs. Both executors compute the product.
     const bool avx512 = kernels::detail::vector_bytes >= 64;
     struct Case {
         Index cin, cout, h, w;
@@ -213,10 +215,10 @@ TEST_CASE("1x1 convs take the direct tiles: with AVX-512 over a step of pixels o
         auto x = b.input("x", {1, c.cin, c.h, c.w});
         b.output(nn::conv2d(x, "p", {.out_channels = c.cout, .kernel = 1}));
         auto g = std::move(b).build();
-        Executor<double> e(g);
+        Executor<double> e(g), plain(g);
         e.set_prepack(true);
         const auto in = test::random_tensor<double>({1, c.cin, c.h, c.w}, 2);
-        const auto y = e.forward(in);
+        const auto y = e.forward(in), y_plain = plain.forward(in);
         const Index panels = (c.cout + kernels::direct_mr - 1) / kernels::direct_mr;
         INFO("cin " << c.cin << " cout " << c.cout << " pixels " << c.h * c.w);
         CHECK(e.plan().packed_bytes == (c.direct ? Index(panels * kernels::direct_mr * c.cin * sizeof(double)) : 0));
@@ -228,7 +230,8 @@ TEST_CASE("1x1 convs take the direct tiles: with AVX-512 over a step of pixels o
             for (Index q = 0; q < c.h * c.w; ++q) {
                 double want = bias.data()[o];
                 for (Index i = 0; i < c.cin; ++i) want += w.data()[o * c.cin + i] * in.data()[i * c.h * c.w + q];
-                worst = std::max(worst, std::abs(want - y.data()[o * c.h * c.w + q]));
+                worst = std::max({worst, std::abs(want - y.data()[o * c.h * c.w + q]),
+                                  std::abs(want - y_plain.data()[o * c.h * c.w + q])});
             }
         CHECK(worst < 1e-12);
     }
@@ -421,7 +424,12 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, in place and through phase planes, ma
     // the target has AVX-512) and through padded phase planes. A NaN at the end of one input row
     // and one at the start of another must reach exactly the outputs whose window holds them, not
     // the row that a tap one column off wraps onto in flat order.
-    for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1}, {2, 2}})
+    // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
+    // every machine: 14 x 14 and 30 x 5 have steps inside the plane with several rows per vector,
+    // 33 x 31 tiles of four steps (one or two outputs) whose last one ends past the plane.
+    const ThreadCountScope two(2);
+    for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1}, {2, 2},
+                               {14, 14}, {30, 5}, {33, 31}})
         for (const Index cout : {1, 2, 11}) {
             const Index cin = 5;
             std::vector<T> x(static_cast<std::size_t>(cin * h * w)), wt(static_cast<std::size_t>(cout * cin * 9)),

@@ -11,6 +11,10 @@
 // row width: rows narrower than a vector (7x7 and 14x14 maps) cost only the
 // wq - out_w columns of padding that are computed and dropped, not empty lanes.
 //
+// With AVX-512, a 3x3 stride-1 conv with padding 1 skips the planes: it is
+// computed flat over the unpadded input itself (conv3x3_same), the taps that
+// fall outside the plane or wrap onto the next row masked off in the load.
+//
 // The weights are packed once (pack_direct_weights, at compile time of an
 // inference plan) into panels of MR output channels, tap-major inside a channel.
 #pragma once
@@ -115,7 +119,7 @@ struct DirectGeometry {
     Index hq = 0;      ///< rows of a phase plane that hold (padded) input
     Index flat = 0;    ///< flat outputs computed: (out_h - 1) * wq + out_w
     Index plane = 0;   ///< elements per phase plane, slack for the last step's reads included
-    bool same = false; ///< 3x3, stride 1, padding 1 with AVX-512: computed in place, no planes (conv3x3_same)
+    bool same = false; ///< conv_direct: 3x3, stride 1, padding 1 with AVX-512, in place without planes
 
     /// Elements of scratch the input planes take.
     Index workspace(int s) const { return same ? 0 : cin * s * s * plane; }
@@ -342,6 +346,14 @@ inline VF load_masked(const float* p, __mmask16 m) { return reinterpret_cast<VF>
 inline VD load_masked(const double* p, __mmask8 m) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(m, p)); }
 inline void store_masked(float* p, __mmask16 m, const VF& v) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
 inline void store_masked(double* p, __mmask8 m, const VD& v) { _mm512_mask_storeu_pd(p, m, reinterpret_cast<__m512d>(v)); }
+// store_vector under a mask: the lanes k sets of y = act(acc + bias + res); `res` may be null
+template <class T, class V>
+[[gnu::always_inline]] inline void store_vector_masked(const V& acc, T bias, FusedClamp<T> act, T* y, const T* res,
+                                                       LaneMask<T> k) {
+    V v = acc + bias;
+    if (res) v += load_masked(res, k);
+    store_masked(y, k, act(v));
+}
 
 // A run of a step's flat outputs that lies in one output row and one vector: lanes
 // [lane, lane + n) of vector v go to y[at, at + n).
@@ -373,10 +385,8 @@ inline int flat_pieces(Index oh, Index ow, Index count, Index lanes_per_vector, 
 template <class T, class V>
 [[gnu::always_inline]] inline void store_piece(const V& v, const FlatPiece& pc, T bias, FusedClamp<T> act, T* y,
                                                const T* res) {
-    V piece = compress(v, pc.lane, pc.n) + bias;
-    const auto low = lane_range<T>(0, pc.n);
-    if (res) piece += load_masked(res + pc.at, low);
-    store_masked(y + pc.at, low, act(piece));
+    store_vector_masked(compress(v, pc.lane, pc.n), bias, act, y + pc.at, res ? res + pc.at : nullptr,
+                        lane_range<T>(0, pc.n));
 }
 #endif
 }  // namespace detail
@@ -476,18 +486,22 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
 // input (conv3x3_same), for N vectors of outputs from flat index f0 on: tap[i][j][v] keeps
 // the lanes whose input f + (i - 1) w + j - 1 is a pixel of the plane, i.e. row oh + i - 1
 // inside [0, h) and, for j = 0 (2), not an output at column 0 (w - 1), whose left (right)
-// neighbour in flat order lies on the row above (below).
+// neighbour in flat order lies on the row above (below). Inside the plane only those
+// column conditions remain: side[0] and side[1]. tap is filled at the plane's edges only.
 template <class T, int N>
 struct SameMasks {
+    LaneMask<T> side[2][N];
     LaneMask<T> tap[3][3][N];
-    SameMasks(Index f0, Index w, Index n) {
+    SameMasks(Index f0, Index w, Index n, bool edge) {
         constexpr Index L = Lanes<T>::count;
         Index col = f0 % w;  // of the vector's first output
         for (int v = 0; v < N; ++v, col = (col + L) % w) {
-            const Index f = f0 + v * L;
             unsigned first = 0, last = 0;  // lanes at column 0 and at column w - 1
             for (Index l = (w - col) % w; l < L; l += w) first |= 1u << l;
             for (Index l = w - 1 - col; l < L; l += w) last |= 1u << l;
+            side[0][v] = LaneMask<T>(~first), side[1][v] = LaneMask<T>(~last);
+            if (!edge) continue;
+            const Index f = f0 + v * L;
             for (int i = 0; i < 3; ++i) {
                 const unsigned rows = lane_range<T>((1 - i) * w - f, n - (i - 1) * w - f);
                 tap[i][0][v] = LaneMask<T>(rows & ~first);
@@ -507,8 +521,8 @@ template <class T, int R, int N, bool Edge, class V>
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
-    LaneMask<T> side[2][N];  // inside the plane: the masks of the side columns, in registers
-    for (int v = 0; v < N; ++v) side[0][v] = m.tap[1][0][v], side[1][v] = m.tap[1][2][v];
+    LaneMask<T> side[2][N];  // a copy GCC keeps in registers (read from m, the tile spilled)
+    for (int v = 0; v < N; ++v) side[0][v] = m.side[0][v], side[1][v] = m.side[1][v];
     for (Index c = 0; c < cin; ++c, x += n) {
 #pragma GCC unroll 3
         for (int i = 0; i < 3; ++i) {
@@ -543,7 +557,8 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
     auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         constexpr int NT = N * NV;  // vectors of the tile
         const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step
-        const SameMasks<T, NT> m(f0, w, n);
+        const bool edge = f0 < w || f0 + NT * L + w > n;  // some tap row of some lane outside the plane
+        const SameMasks<T, NT> m(f0, w, n, edge);
         const T* a = packed + p * g.cin * 9 * MR;
         // computed and stored in one piece per kind of tile: with one tile array for both
         // kinds, GCC kept the accumulators in memory (1.3x slower)
@@ -560,10 +575,8 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
                     if ((v + 1) * L <= count) {
                         store_vector(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr);
                     } else if (v * L < count) {
-                        const auto k = lane_range<T>(0, count - v * L);
-                        V out = acc[r][v] + b;
-                        if (ro) out += load_masked(ro + v * L, k);
-                        store_masked(yo + v * L, k, clamp(out));
+                        store_vector_masked(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr,
+                                            lane_range<T>(0, count - v * L));
                     }
                 }
             };
@@ -572,10 +585,10 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
             for (int r = 0; r < R; ++r)
                 if (r < rows) row(r);
         };
-        if (f0 >= w && f0 + NT * L + w <= n) {
-            compute.template operator()<false>();
-        } else {
+        if (edge) {
             compute.template operator()<true>();
+        } else {
+            compute.template operator()<false>();
         }
     };
     run_direct_tiles((n + NR - 1) / NR, g.cout, NR * g.cin, g.cin * 9 * MR * NR, tile);
@@ -585,7 +598,8 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
 
 /// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c] + res[o]) for one image x [cin, h, w] into y [cout, out_h, out_w],
 /// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
-/// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements.
+/// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements
+/// (none, and it may be null, when g.same).
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {

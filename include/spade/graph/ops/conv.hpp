@@ -122,7 +122,7 @@ public:
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
-        if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0]); d != Direct::none)
+        if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
             return with_direct(d, [&]<int K, int S>() {
                 return kernels::direct_geometry<T, K, K, S>(ctx.inputs[0][1], g.in_h, g.in_w, g.pad_h, g.pad_w,
                                                             ctx.params[0][0]).workspace(S);
@@ -133,7 +133,7 @@ public:
     /// Convolutions on the direct kernel get their weights packed into its panels.
     std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
         const auto g = geometry(ctx.inputs[0], ctx.node);
-        if (direct(g, ctx.inputs[0][1], params[0].shape[0]) == Direct::none) return nullptr;
+        if (direct(g, ctx.inputs[0][1], params[0].shape[0], true) == Direct::none) return nullptr;
         const Shape& w = params[0].shape;
         auto pk = std::make_unique<Packed>();
         pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(w[0], w[1], int(w[2] * w[3]))));
@@ -151,6 +151,7 @@ public:
         const Index cout_g = cout / o_.groups, plane_in = g.in_h * g.in_w, plane_out = g.out_h * g.out_w;
         const Index k = cin_g * g.kernel_h * g.kernel_w;
         std::vector<T> local;  // direct-kernel weights when not pre-packed
+        const auto* pre = dynamic_cast<const Packed*>(ctx.packed);
         for (Index b = 0; b < n; ++b) {
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
@@ -159,9 +160,8 @@ public:
                 kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation, rb);
                 continue;
             }
-            if (const Direct d = direct(g, cin, cout); d != Direct::none) {
-                const T* packed = nullptr;
-                if (const auto* pk = dynamic_cast<const Packed*>(ctx.packed)) packed = pk->weights.data();
+            if (const Direct d = direct(g, cin, cout, pre != nullptr); d != Direct::none) {
+                const T* packed = pre ? pre->weights.data() : nullptr;
                 if (!packed) {  // not pre-packed: pack once for the whole batch
                     local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, int(k / cin))));
                     if (b == 0) kernels::pack_direct_weights(w.data, cout, cin, int(k / cin), local.data());
@@ -202,24 +202,26 @@ private:
     // Shapes the direct kernels take (one conv group, no dilation): 3x3 stride 1,
     // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
     // channels im2col + GEMM measured up to 10% faster, so those stay on it.
-    // With AVX-512 every 1x1 conv over at least one step of pixels runs on the direct
-    // tiles in place (kernels::conv_pointwise): on Zen 5 the 1x1 shapes of ResNet-50,
-    // DenseNet-121, GoogLeNet and MobileNet-v2, dense and pruned, 7x7 to 112x112, ran
-    // 1.3-2.6x faster than Eigen's GEMM (160-200 against 60-135 GMAC/s on two cores),
-    // and whole networks 12-29 % faster. With narrower vectors (4 output rows to a tile)
-    // only those over at least 256 pixels with at most 16 outputs (the projections of
+    // A 1x1 conv over at least 256 pixels with at most 16 outputs (the projections of
     // pruned inverted residuals, pruned bottleneck reductions) or at most 32 inputs
-    // (expansions): 1.06-1.5x faster than the GEMM on the projections, expansions up
-    // to 1.3x (the GEMM packs the image and finishes its result in a second pass);
-    // with more inputs and outputs the GEMM was faster there (AVX2 on Zen).
+    // (expansions) runs on the direct tiles in place (kernels::conv_pointwise): 1.06-1.5x
+    // faster than the GEMM on the projections with AVX2 (Zen), expansions up to 1.3x (the
+    // GEMM packs the image and finishes its result in a second pass); with more inputs
+    // and outputs the GEMM was faster there. With AVX-512 and weights packed once per plan
+    // (`packed`: Executor::set_prepack, on in InferenceModel) every 1x1 conv over at least
+    // one step of pixels does: on Zen 5 the 1x1 shapes of ResNet-50, DenseNet-121,
+    // GoogLeNet and MobileNet-v2, dense and pruned, 7x7 to 112x112, ran 1.3-2.6x faster
+    // than Eigen's GEMM (160-200 against 60-135 GMAC/s on two cores), whole networks
+    // 12-29 % faster. Packing a large weight matrix on every forward instead would cost
+    // more than the conv on small planes.
     enum class Direct { none, k1, k3s1, k3s2, k7s2 };
-    Direct direct(const kernels::ConvGeometry& g, Index cin, Index cout) const {
+    Direct direct(const kernels::ConvGeometry& g, Index cin, Index cout, bool packed) const {
         if (o_.groups != 1 || g.dilation_h != 1 || g.dilation_w != 1 || g.kernel_h != g.kernel_w ||
             g.stride_h != g.stride_w)
             return Direct::none;
         if (g.is_pointwise()) {
             const Index n = g.in_h * g.in_w;
-            if (kernels::detail::vector_bytes >= 64) return n >= kernels::direct_nr<T>() ? Direct::k1 : Direct::none;
+            if (kernels::detail::vector_bytes >= 64 && packed && n >= kernels::direct_nr<T>()) return Direct::k1;
             return (cout <= 16 || cin <= 32) && n >= 256 ? Direct::k1 : Direct::none;
         }
         if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
