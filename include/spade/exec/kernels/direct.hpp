@@ -527,7 +527,7 @@ template <class T, int R, int N, bool Edge, class V>
 #pragma GCC unroll 3
         for (int i = 0; i < 3; ++i) {
             for (int j = 0; j < 3; ++j, a += MR) {
-                const T* src = x + (i - 1) * w + (j - 1);
+                const T* src = x + (i - 1) * w + (j - 1);  // before the plane only in masked-off lanes
                 V b[N];
                 for (int v = 0; v < N; ++v) {
                     if constexpr (Edge)
