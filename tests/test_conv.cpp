@@ -415,59 +415,67 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     check(0.0, 1e-12);
 }
 
-TEMPLATE_TEST_CASE("the direct 3x3 kernel, in place and through phase planes, matches a plain loop, NaN kept to its window",
+TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes, matches a plain loop at stride 1 and 2, "
+                   "NaN kept to its window",
                    "[conv]", float, double) {
     using T = TestType;
     // Planes narrower than a vector (several rows per vector), a little wider, wide, one row, one
     // column, one pixel; 1, 2 and 11 outputs (the tiles of one row over several steps, of two rows,
-    // and a whole panel and a thin one). Every plane runs in place over the unpadded input (where
-    // the target has AVX-512) and through padded phase planes. A NaN at the end of one input row
-    // and one at the start of another must reach exactly the outputs whose window holds them, not
-    // the row that a tap one column off wraps onto in flat order.
+    // and a whole panel and a thin one). Every plane runs flat (where the target has AVX-512: in
+    // place at stride 1, over unpadded phase planes at stride 2) and through padded phase planes.
+    // A NaN at the end of one input row and one at the start of another must reach exactly the
+    // outputs whose window holds them, not the row that a tap one column off wraps onto in flat order.
     // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
     // every machine: 14 x 14 and 30 x 5 have steps inside the plane with several rows per vector,
     // 33 x 31 tiles of four steps (one or two outputs) whose last one ends past the plane.
     const ThreadCountScope two(2);
-    for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1}, {2, 2},
-                               {14, 14}, {30, 5}, {33, 31}})
-        for (const Index cout : {1, 2, 11}) {
-            const Index cin = 5;
-            std::vector<T> x(static_cast<std::size_t>(cin * h * w)), wt(static_cast<std::size_t>(cout * cin * 9)),
-                bias(static_cast<std::size_t>(cout)), res(static_cast<std::size_t>(cout * h * w));
-            std::mt19937 rng(static_cast<unsigned>(h * 100 + w));
-            std::uniform_real_distribution<double> u(-2.0, 2.0);
-            for (auto* v : {&x, &wt, &bias, &res})
-                for (auto& e : *v) e = static_cast<T>(u(rng));
-            x[static_cast<std::size_t>(std::min<Index>(1, h - 1) * w + w - 1)] = std::numeric_limits<T>::quiet_NaN();
-            x[static_cast<std::size_t>((2 * h + h / 2) * w)] = std::numeric_limits<T>::quiet_NaN();
-            std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, 9)));
-            kernels::pack_direct_weights(wt.data(), cout, cin, 9, packed.data());
-            auto in_place = kernels::direct_geometry<T, 3, 3, 1>(cin, h, w, 1, 1, cout), planes = in_place;
-            planes.same = false;
-            for (const auto& g : {in_place, planes}) {
-                std::vector<T> work(static_cast<std::size_t>(g.workspace(1))), y(static_cast<std::size_t>(cout * h * w), T(-99));
-                kernels::conv_direct<T, 3, 3, 1>(x.data(), g, packed.data(), bias.data(), FusedActivation::relu6, y.data(),
-                                                 work.data(), res.data());
-                double worst = 0;
-                for (Index o = 0; o < cout; ++o)
-                    for (Index i = 0; i < h; ++i)
-                        for (Index j = 0; j < w; ++j) {
-                            double s = bias[o] + res[(o * h + i) * w + j];
-                            for (Index c = 0; c < cin; ++c)
-                                for (Index a = 0; a < 3; ++a)
-                                    for (Index b = 0; b < 3; ++b) {
-                                        const Index ii = i + a - 1, jj = j + b - 1;
-                                        if (ii >= 0 && ii < h && jj >= 0 && jj < w)
-                                            s += double(wt[((o * cin + c) * 3 + a) * 3 + b]) * double(x[(c * h + ii) * w + jj]);
-                                    }
-                            const double got = y[(o * h + i) * w + j];
-                            INFO(h << "x" << w << ", " << cout << " outputs, " << (g.same ? "in place" : "phase planes")
-                                   << ", output " << o << ", " << i << ", " << j);
-                            REQUIRE(std::isnan(got) == std::isnan(s));
-                            if (!std::isnan(s)) worst = std::max(worst, std::abs(std::clamp(s, 0.0, 6.0) - got));
-                        }
-                INFO(h << "x" << w << ", " << cout << " outputs, " << (g.same ? "in place" : "phase planes"));
-                CHECK(worst < (sizeof(T) == 4 ? 1e-4 : 1e-12));
+    auto check = [&]<int S>() {
+        for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1},
+                                   {2, 2}, {14, 14}, {30, 5}, {33, 31}})
+            for (const Index cout : {1, 2, 11}) {
+                const Index cin = 5, ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
+                std::vector<T> x(static_cast<std::size_t>(cin * h * w)), wt(static_cast<std::size_t>(cout * cin * 9)),
+                    bias(static_cast<std::size_t>(cout)), res(static_cast<std::size_t>(cout * ho * wo));
+                std::mt19937 rng(static_cast<unsigned>(h * 100 + w));
+                std::uniform_real_distribution<double> u(-2.0, 2.0);
+                for (auto* v : {&x, &wt, &bias, &res})
+                    for (auto& e : *v) e = static_cast<T>(u(rng));
+                x[static_cast<std::size_t>(std::min<Index>(1, h - 1) * w + w - 1)] = std::numeric_limits<T>::quiet_NaN();
+                x[static_cast<std::size_t>((2 * h + h / 2) * w)] = std::numeric_limits<T>::quiet_NaN();
+                std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, 9)));
+                kernels::pack_direct_weights(wt.data(), cout, cin, 9, packed.data());
+                auto flat = kernels::direct_geometry<T, 3, 3, S>(cin, h, w, 1, 1, cout), planes = flat;
+                planes.same = false;
+                for (const auto& g : {flat, planes}) {
+                    std::vector<T> work(static_cast<std::size_t>(g.workspace(S))),
+                        y(static_cast<std::size_t>(cout * ho * wo + 40), T(-99));  // 40 sentinels past the end
+                    kernels::conv_direct<T, 3, 3, S>(x.data(), g, packed.data(), bias.data(), FusedActivation::relu6,
+                                                     y.data(), work.data(), res.data());
+                    double worst = 0;
+                    for (Index o = 0; o < cout; ++o)
+                        for (Index i = 0; i < ho; ++i)
+                            for (Index j = 0; j < wo; ++j) {
+                                double s = bias[o] + res[(o * ho + i) * wo + j];
+                                for (Index c = 0; c < cin; ++c)
+                                    for (Index a = 0; a < 3; ++a)
+                                        for (Index b = 0; b < 3; ++b) {
+                                            const Index ii = i * S + a - 1, jj = j * S + b - 1;
+                                            if (ii >= 0 && ii < h && jj >= 0 && jj < w)
+                                                s += double(wt[((o * cin + c) * 3 + a) * 3 + b]) *
+                                                     double(x[(c * h + ii) * w + jj]);
+                                        }
+                                const double got = y[(o * ho + i) * wo + j];
+                                INFO(h << "x" << w << " stride " << S << ", " << cout << " outputs, "
+                                       << (g.same ? "flat" : "phase planes") << ", output " << o << ", " << i << ", " << j);
+                                REQUIRE(std::isnan(got) == std::isnan(s));
+                                if (!std::isnan(s)) worst = std::max(worst, std::abs(std::clamp(s, 0.0, 6.0) - got));
+                            }
+                    INFO(h << "x" << w << " stride " << S << ", " << cout << " outputs, " << (g.same ? "flat" : "phase planes"));
+                    CHECK(worst < (sizeof(T) == 4 ? 1e-4 : 1e-12));
+                    CHECK(std::all_of(y.end() - 40, y.end(), [](T v) { return v == T(-99); }));
+                }
             }
-        }
+    };
+    check.template operator()<1>();
+    check.template operator()<2>();
 }

@@ -12,7 +12,7 @@
 // wq - out_w columns of padding that are computed and dropped, not empty lanes.
 //
 // With AVX-512, a 3x3 stride-1 conv with padding 1 skips the planes: it is
-// computed flat over the unpadded input itself (conv3x3_same), the taps that
+// computed flat over the unpadded input itself (conv3x3_flat), the taps that
 // fall outside the plane or wrap onto the next row masked off in the load.
 //
 // The weights are packed once (pack_direct_weights, at compile time of an
@@ -119,10 +119,18 @@ struct DirectGeometry {
     Index hq = 0;      ///< rows of a phase plane that hold (padded) input
     Index flat = 0;    ///< flat outputs computed: (out_h - 1) * wq + out_w
     Index plane = 0;   ///< elements per phase plane, slack for the last step's reads included
-    bool same = false; ///< conv_direct: 3x3, stride 1, padding 1 with AVX-512, in place without planes
+    /// conv_direct: 3x3, stride 1 or 2, padding 1 with AVX-512, computed flat over the output
+    /// (conv3x3_flat): at stride 1 in place without planes, at stride 2 over unpadded phase
+    /// planes `flat_plane` apart
+    bool same = false;
+    Index flat_plane = 0;  ///< elements per unpadded phase plane (stride 2 with `same`)
+    Index flat_slack = 0;  ///< what the widest tile reads past the last unpadded plane
 
     /// Elements of scratch the input planes take.
-    Index workspace(int s) const { return same ? 0 : cin * s * s * plane; }
+    Index workspace(int s) const {
+        if (same) return s == 1 ? 0 : cin * s * s * flat_plane + flat_slack;
+        return cin * s * s * plane;
+    }
 };
 
 /// Lays out a KH x KW, stride S direct convolution of `cin` channels of h x w (padding pad_h, pad_w).
@@ -143,7 +151,12 @@ DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index p
     const Index steps = (g.flat + NR - 1) / NR;
     g.plane = std::max(g.hq * g.wq, steps * NR + (KH - 1) / S * g.wq + (KW - 1) / S);
 #if defined(__AVX512F__)
-    g.same = KH == 3 && KW == 3 && S == 1 && pad_h == 1 && pad_w == 1 && g.out_h == h && g.out_w == w;
+    g.same = KH == 3 && KW == 3 && S <= 2 && pad_h == 1 && pad_w == 1 && g.out_h == (h - 1) / S + 1 &&
+             g.out_w == (w - 1) / S + 1;
+    // stride 2: per phase a margin of a row and one element, then the outputs' extent; the widest
+    // tile (8 vectors) reads past a plane's last output into the next plane, past the last plane
+    // into the slack (lanes whose outputs are not stored)
+    if (g.same && S == 2) g.flat_plane = g.out_w + 1 + g.out_h * g.out_w, g.flat_slack = 8 * detail::Lanes<T>::count;
 #endif
     return g;
 }
@@ -483,7 +496,7 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
 
 #if defined(__AVX512F__)
 // The load masks of a 3x3 "same" conv (stride 1, padding 1) computed flat over its unpadded
-// input (conv3x3_same), for N vectors of outputs from flat index f0 on: tap[i][j][v] keeps
+// input (conv3x3_flat), for N vectors of outputs from flat index f0 on: tap[i][j][v] keeps
 // the lanes whose input f + (i - 1) w + j - 1 is a pixel of the plane, i.e. row oh + i - 1
 // inside [0, h) and, for j = 0 (2), not an output at column 0 (w - 1), whose left (right)
 // neighbour in flat order lies on the row above (below). Inside the plane only those
@@ -541,30 +554,87 @@ template <class T, int R, int N, bool Edge, class V>
         }
     }
 }
-// conv_direct for a 3x3 kernel of stride 1 and padding 1 (g.same): computed flat over the
-// unpadded input, output f = oh w + ow reading input f + (i - 1) w + j - 1 for tap (i, j),
-// the taps that fall outside the plane or wrap onto the next row masked off in the load.
-// A step is NR consecutive outputs in place, in x and in y: no phase planes to fill (a
-// tenth of the time of a pruned layer of 16 to 64 channels) and no row pieces to store.
+// acc as same3x3_tile for a 3x3 stride-2 conv with padding 1 over unpadded phase planes
+// (fill_flat_planes): plane (a, b) holds input pixel (2 r + a, 2 q + b) at flat index r wo + q
+// after a zero margin, so tap (i, j) of output f reads plane (i != 1, j != 1) at f - wo if i = 0
+// (the margin above the first row) and at f - 1 if j = 0, where outputs at column 0 would wrap
+// onto the row above: masked off by side[0]. x is channel 0's first plane at the tile's first
+// output, planes `plane` apart.
+template <class T, int R, int N, class V>
+[[gnu::always_inline]] inline void flat3x3s2_tile(const T* x, Index cin, Index plane, Index wo, const T* a,
+                                                  const SameMasks<T, N>& m, V (&acc)[R][N]) {
+    constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < N; ++v) acc[r][v] = V{};
+    LaneMask<T> side[N];
+    for (int v = 0; v < N; ++v) side[v] = m.side[0][v];
+    for (Index c = 0; c < cin; ++c, x += 4 * plane) {
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+            for (int j = 0; j < 3; ++j, a += MR) {
+                const T* src = x + (2 * (i != 1) + (j != 1)) * plane - (i == 0) * wo - (j == 0);
+                V b[N];
+                for (int v = 0; v < N; ++v) b[v] = j == 0 ? load_masked(src + v * L, side[v]) : load(src + v * L);
+                for (int r = 0; r < R; ++r)
+                    for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
+            }
+        }
+    }
+}
+// One channel x [h, w] into the four unpadded phase planes of flat3x3s2_tile (g.flat_plane apart):
+// each a zero margin of out_w + 1, then out_h x out_w pixels (zero past the input's last odd row
+// or column).
 template <class T>
-void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
-                  const T* res) {
+void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes) {
+    const Index ho = g.out_h, wo = g.out_w, margin = wo + 1;
+    for (int p = 0; p < 4; ++p) std::fill(planes + p * g.flat_plane, planes + p * g.flat_plane + margin, T(0));
+    for (Index r = 0; r < ho; ++r)
+        for (int a = 0; a < 2; ++a) {
+            T* even = planes + 2 * a * g.flat_plane + margin + r * wo;
+            T* odd = even + g.flat_plane;
+            if (2 * r + a < g.h) {
+                split_even_odd(x + (2 * r + a) * g.w, g.w, even, odd);
+                if (g.w % 2) odd[wo - 1] = T(0);
+            } else {
+                std::fill(even, even + wo, T(0));
+                std::fill(odd, odd + wo, T(0));
+            }
+        }
+}
+// conv_direct for a 3x3 kernel of stride S (1 or 2) and padding 1 (g.same), computed flat
+// over the output: output f = oh w + ow, a step NR consecutive outputs stored where they lie,
+// no row pieces. At stride 1 in place over the unpadded input: output f reads input
+// f + (i - 1) w + j - 1 for tap (i, j), the taps that fall outside the plane or wrap onto the
+// next row masked off in the load, no phase planes to fill (a tenth of the time of a pruned
+// layer of 16 to 64 channels). At stride 2 over unpadded phase planes in `work`
+// (fill_flat_planes, flat3x3s2_tile).
+template <class T, int S>
+void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
+                  T* work, const T* res) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count, MR = direct_mr, NV = direct_vectors;
     constexpr Index NR = direct_nr<T>();
-    const Index n = g.h * g.w, w = g.w;
+    const Index n = g.out_h * g.out_w, w = g.out_w;
     const FusedClamp<T> clamp(act);
+    if constexpr (S == 2)
+        parallel_for(
+            g.cin, [&](long c) { fill_flat_planes(x + c * g.h * g.w, g, work + c * 4 * g.flat_plane); },
+            4 * g.flat_plane);
     auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         constexpr int NT = N * NV;  // vectors of the tile
         const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step
-        const bool edge = f0 < w || f0 + NT * L + w > n;  // some tap row of some lane outside the plane
+        // at stride 1: some tap row of some lane outside the plane (stride 2 reads margins)
+        const bool edge = S == 1 && (f0 < w || f0 + NT * L + w > n);
         const SameMasks<T, NT> m(f0, w, n, edge);
         const T* a = packed + p * g.cin * 9 * MR;
         // computed and stored in one piece per kind of tile: with one tile array for both
         // kinds, GCC kept the accumulators in memory (1.3x slower)
         auto compute = [&]<bool Edge>() __attribute__((always_inline)) {
             V acc[R][NT];
-            same3x3_tile<T, R, NT, Edge>(x + f0, g.cin, n, w, a, m, acc);
+            if constexpr (S == 1)
+                same3x3_tile<T, R, NT, Edge>(x + f0, g.cin, n, w, a, m, acc);
+            else
+                flat3x3s2_tile<T, R, NT>(work + w + 1 + f0, g.cin, g.flat_plane, w, a, m, acc);
             auto row = [&](Index r) __attribute__((always_inline)) {
                 const Index o = p * MR + r;
                 const T b = bias ? bias[o] : T(0);
@@ -591,7 +661,7 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
             compute.template operator()<false>();
         }
     };
-    run_direct_tiles((n + NR - 1) / NR, g.cout, NR * g.cin, g.cin * 9 * MR * NR, tile);
+    run_direct_tiles((n + NR - 1) / NR, g.cout, NR * g.cin * S * S, g.cin * 9 * MR * NR, tile);
 }
 #endif
 }  // namespace detail
@@ -599,13 +669,13 @@ void conv3x3_same(const T* x, const DirectGeometry& g, const T* packed, const T*
 /// y[o] = act(bias[o] + sum_c w[o, c] (*) x[c] + res[o]) for one image x [cin, h, w] into y [cout, out_h, out_w],
 /// a KH x KW kernel of stride S with zero padding as laid out by `g`. `packed` comes from
 /// pack_direct_weights; `bias` and `res` (shaped like y) may be null; `work` holds g.workspace(S) elements
-/// (none, and it may be null, when g.same).
+/// (none, and it may be null, at stride 1 when g.same).
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {
 #if defined(__AVX512F__)
-    if constexpr (KH == 3 && KW == 3 && S == 1)
-        if (g.same) return detail::conv3x3_same(x, g, packed, bias, act, y, res);
+    if constexpr (KH == 3 && KW == 3 && S <= 2)
+        if (g.same) return detail::conv3x3_flat<T, S>(x, g, packed, bias, act, y, work, res);
 #endif
     // one task per channel and row phase: a stem's 3 channels still split evenly over 2 threads
     parallel_for(
