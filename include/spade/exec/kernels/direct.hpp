@@ -13,7 +13,9 @@
 //
 // With AVX-512, a 3x3 stride-1 conv with padding 1 skips the planes: it is
 // computed flat over the unpadded input itself (conv3x3_flat), the taps that
-// fall outside the plane or wrap onto the next row masked off in the load.
+// fall outside the plane or wrap onto the next row masked off in the load. At
+// stride 2 (padding 1) it runs over unpadded phase planes with a zero margin
+// above each (fill_flat_planes, flat3x3s2_tile), flat over the output too.
 //
 // The weights are packed once (pack_direct_weights, at compile time of an
 // inference plan) into panels of MR output channels, tap-major inside a channel.
@@ -124,7 +126,7 @@ struct DirectGeometry {
     /// planes `flat_plane` apart
     bool same = false;
     Index flat_plane = 0;  ///< elements per unpadded phase plane (stride 2 with `same`)
-    Index flat_slack = 0;  ///< what the widest tile reads past the last unpadded plane
+    Index flat_slack = 0;  ///< what the last step reads past the last unpadded plane
 
     /// Elements of scratch the input planes take.
     Index workspace(int s) const {
@@ -153,10 +155,10 @@ DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index p
 #if defined(__AVX512F__)
     g.same = KH == 3 && KW == 3 && S <= 2 && pad_h == 1 && pad_w == 1 && g.out_h == (h - 1) / S + 1 &&
              g.out_w == (w - 1) / S + 1;
-    // stride 2: per phase a margin of a row and one element, then the outputs' extent; the widest
-    // tile (8 vectors) reads past a plane's last output into the next plane, past the last plane
-    // into the slack (lanes whose outputs are not stored)
-    if (g.same && S == 2) g.flat_plane = g.out_w + 1 + g.out_h * g.out_w, g.flat_slack = 8 * detail::Lanes<T>::count;
+    // stride 2: per phase a margin of a row and one element, then the outputs' extent; a plane's
+    // last step reads up to a step past its last output, into the next plane or, after the last
+    // plane, into the slack (lanes whose outputs are not stored)
+    if (g.same && S == 2) g.flat_plane = g.out_w + 1 + g.out_h * g.out_w, g.flat_slack = NR;
 #endif
     return g;
 }
@@ -501,6 +503,7 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
 // inside [0, h) and, for j = 0 (2), not an output at column 0 (w - 1), whose left (right)
 // neighbour in flat order lies on the row above (below). Inside the plane only those
 // column conditions remain: side[0] and side[1]. tap is filled at the plane's edges only.
+// At stride 2 only side[0] is used, with w the output's width (flat3x3s2_tile).
 template <class T, int N>
 struct SameMasks {
     LaneMask<T> side[2][N];
@@ -620,6 +623,8 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
         parallel_for(
             g.cin, [&](long c) { fill_flat_planes(x + c * g.h * g.w, g, work + c * 4 * g.flat_plane); },
             4 * g.flat_plane);
+    if constexpr (S == 2)  // zeroed so that the lanes no output keeps read no stale values (denormals)
+        std::fill(work + g.cin * 4 * g.flat_plane, work + g.cin * 4 * g.flat_plane + g.flat_slack, T(0));
     auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         constexpr int NT = N * NV;  // vectors of the tile
         const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step

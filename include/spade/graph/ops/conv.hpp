@@ -201,7 +201,9 @@ private:
     };
     // Shapes the direct kernels take (one conv group, no dilation): 3x3 stride 1,
     // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
-    // channels im2col + GEMM measured up to 10% faster, so those stay on it.
+    // channels im2col + GEMM measured up to 10% faster than the padded phase planes,
+    // so those stay on it (the flat stride-2 kernel of AVX-512 was level with the
+    // planes there and has not been compared with the GEMM).
     // A 1x1 conv over at least 256 pixels with at most 16 outputs (the projections of
     // pruned inverted residuals, pruned bottleneck reductions) or at most 32 inputs
     // (expansions) runs on the direct tiles in place (kernels::conv_pointwise): 1.06-1.5x
