@@ -15,7 +15,7 @@
 // computed flat over the unpadded input itself (conv3x3_flat), the taps that
 // fall outside the plane or wrap onto the next row masked off in the load. At
 // stride 2 (padding 1) it runs over unpadded phase planes with a zero margin
-// above each (fill_flat_planes, flat3x3s2_tile), flat over the output too.
+// above each (fill_flat_planes, flat3x3_tile), flat over the output too.
 //
 // The weights are packed once (pack_direct_weights, at compile time of an
 // inference plan) into panels of MR output channels, tap-major inside a channel.
@@ -503,7 +503,7 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
 // inside [0, h) and, for j = 0 (2), not an output at column 0 (w - 1), whose left (right)
 // neighbour in flat order lies on the row above (below). Inside the plane only those
 // column conditions remain: side[0] and side[1]. tap is filled at the plane's edges only.
-// At stride 2 only side[0] is used, with w the output's width (flat3x3s2_tile).
+// At stride 2 only side[0] is used, with w the output's width (flat3x3_tile).
 template <class T, int N>
 struct SameMasks {
     LaneMask<T> side[2][N];
@@ -528,28 +528,37 @@ struct SameMasks {
     }
 };
 // acc = R output channels of weight panel `a` (packed [cin][9][MR]) over N vectors of flat
-// outputs of a 3x3 same conv, x at the first of them (channels n = h w apart, rows w apart).
-// Inside the plane (Edge false: every tap row of every lane lies in it) only the side
-// columns' taps need masks.
-template <class T, int R, int N, bool Edge, class V>
-[[gnu::always_inline]] inline void same3x3_tile(const T* x, Index cin, Index n, Index w, const T* a,
-                                                const SameMasks<T, N>& m, V (&acc)[R][N]) {
+// outputs of a 3x3 conv of padding 1 (conv3x3_flat), x at the first of them, channels
+// `channel` apart.
+// Stride 1: x is the unpadded input itself (rows w apart). Inside the plane (Edge false: every
+// tap row of every lane lies in it) only the side columns' taps need masks.
+// Stride 2: x is the first of four unpadded phase planes (fill_flat_planes), `plane` apart:
+// plane (a, b) holds input pixel (2 r + a, 2 q + b) at flat index r w + q (w the output's width)
+// after a zero margin, so tap (i, j) of output f reads plane (i != 1, j != 1) at f - w if i = 0
+// (the margin above the first row) and at f - 1 if j = 0, where outputs at column 0 would wrap
+// onto the row above: masked off by side[0].
+template <class T, int S, int R, int N, bool Edge, class V>
+[[gnu::always_inline]] inline void flat3x3_tile(const T* x, Index cin, Index channel, Index plane, Index w,
+                                                const T* a, const SameMasks<T, N>& m, V (&acc)[R][N]) {
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
     LaneMask<T> side[2][N];  // a copy GCC keeps in registers (read from m, the tile spilled)
     for (int v = 0; v < N; ++v) side[0][v] = m.side[0][v], side[1][v] = m.side[1][v];
-    for (Index c = 0; c < cin; ++c, x += n) {
+    for (Index c = 0; c < cin; ++c, x += channel) {
 #pragma GCC unroll 3
         for (int i = 0; i < 3; ++i) {
             for (int j = 0; j < 3; ++j, a += MR) {
-                const T* src = x + (i - 1) * w + (j - 1);  // before the plane only in masked-off lanes
+                // before the input only in masked-off lanes
+                const T* src = S == 1 ? x + (i - 1) * w + (j - 1)
+                                      : x + (2 * (i != 1) + (j != 1)) * plane - (i == 0) * w - (j == 0);
+                const int k = j == 0 ? 0 : S == 1 && j == 2 ? 1 : -1;  // the side mask a tap needs, if any
                 V b[N];
                 for (int v = 0; v < N; ++v) {
                     if constexpr (Edge)
                         b[v] = load_masked(src + v * L, m.tap[i][j][v]);
                     else
-                        b[v] = j == 1 ? load(src + v * L) : load_masked(src + v * L, side[j / 2][v]);
+                        b[v] = k < 0 ? load(src + v * L) : load_masked(src + v * L, side[k][v]);
                 }
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
@@ -557,34 +566,7 @@ template <class T, int R, int N, bool Edge, class V>
         }
     }
 }
-// acc as same3x3_tile for a 3x3 stride-2 conv with padding 1 over unpadded phase planes
-// (fill_flat_planes): plane (a, b) holds input pixel (2 r + a, 2 q + b) at flat index r wo + q
-// after a zero margin, so tap (i, j) of output f reads plane (i != 1, j != 1) at f - wo if i = 0
-// (the margin above the first row) and at f - 1 if j = 0, where outputs at column 0 would wrap
-// onto the row above: masked off by side[0]. x is channel 0's first plane at the tile's first
-// output, planes `plane` apart.
-template <class T, int R, int N, class V>
-[[gnu::always_inline]] inline void flat3x3s2_tile(const T* x, Index cin, Index plane, Index wo, const T* a,
-                                                  const SameMasks<T, N>& m, V (&acc)[R][N]) {
-    constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
-    for (int r = 0; r < R; ++r)
-        for (int v = 0; v < N; ++v) acc[r][v] = V{};
-    LaneMask<T> side[N];
-    for (int v = 0; v < N; ++v) side[v] = m.side[0][v];
-    for (Index c = 0; c < cin; ++c, x += 4 * plane) {
-#pragma GCC unroll 3
-        for (int i = 0; i < 3; ++i) {
-            for (int j = 0; j < 3; ++j, a += MR) {
-                const T* src = x + (2 * (i != 1) + (j != 1)) * plane - (i == 0) * wo - (j == 0);
-                V b[N];
-                for (int v = 0; v < N; ++v) b[v] = j == 0 ? load_masked(src + v * L, side[v]) : load(src + v * L);
-                for (int r = 0; r < R; ++r)
-                    for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
-            }
-        }
-    }
-}
-// One channel x [h, w] into the four unpadded phase planes of flat3x3s2_tile (g.flat_plane apart):
+// One channel x [h, w] into the four unpadded phase planes of flat3x3_tile at stride 2 (g.flat_plane apart):
 // each a zero margin of out_w + 1, then out_h x out_w pixels (zero past the input's last odd row
 // or column).
 template <class T>
@@ -610,7 +592,7 @@ void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes) {
 // f + (i - 1) w + j - 1 for tap (i, j), the taps that fall outside the plane or wrap onto the
 // next row masked off in the load, no phase planes to fill (a tenth of the time of a pruned
 // layer of 16 to 64 channels). At stride 2 over unpadded phase planes in `work`
-// (fill_flat_planes, flat3x3s2_tile).
+// (fill_flat_planes, flat3x3_tile).
 template <class T, int S>
 void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                   T* work, const T* res) {
@@ -637,9 +619,9 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
         auto compute = [&]<bool Edge>() __attribute__((always_inline)) {
             V acc[R][NT];
             if constexpr (S == 1)
-                same3x3_tile<T, R, NT, Edge>(x + f0, g.cin, n, w, a, m, acc);
+                flat3x3_tile<T, 1, R, NT, Edge>(x + f0, g.cin, n, 0, w, a, m, acc);
             else
-                flat3x3s2_tile<T, R, NT>(work + w + 1 + f0, g.cin, g.flat_plane, w, a, m, acc);
+                flat3x3_tile<T, 2, R, NT, false>(work + w + 1 + f0, g.cin, 4 * g.flat_plane, g.flat_plane, w, a, m, acc);
             auto row = [&](Index r) __attribute__((always_inline)) {
                 const Index o = p * MR + r;
                 const T b = bias ? bias[o] : T(0);
