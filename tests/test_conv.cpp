@@ -196,21 +196,24 @@ TEST_CASE("A fused ReLU or ReLU6 keeps a NaN on every output path of a row, as R
     }
 }
 
-TEST_CASE("1x1 convs take the direct tiles: pre-packed with AVX-512 over a step of pixels or more, else with few "
-          "outputs or inputs",
+TEST_CASE("1x1 convs take the direct tiles: pre-packed with AVX or AVX-512 over a step of pixels or more, else "
+          "with few outputs or inputs",
           "[conv]") {
-    // With AVX-512 and weights packed once per plan, every 1x1 conv over at least direct_nr pixels
-    // (16 doubles) runs on the direct tiles; narrower vectors, or weights not pre-packed, keep it to
-    // at least 256 pixels with at most 16 outputs or 32 inputs. Both executors compute the product.
-    const bool avx512 = kernels::detail::vector_bytes >= 64;
+    // With AVX or AVX-512 and weights packed once per plan, every 1x1 conv over at least direct_nr
+    // pixels (8 doubles with AVX, 16 with AVX-512) runs on the direct tiles; narrower vectors, or
+    // weights not pre-packed, keep it to at least 256 pixels with at most 16 outputs or 32 inputs.
+    // Both executors compute the product.
+    const bool wide = kernels::detail::vector_bytes >= 32;
     struct Case {
         Index cin, cout, h, w;
         bool direct;  // packed in panels of direct_mr outputs, else the GEMM (nothing packed)
     };
-    for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, avx512},
-                          Case{8, 40, 15, 17, avx512},  // 255 pixels
-                          Case{64, 72, 7, 7, avx512},  // 49 pixels: more jobs than steps, panels split in groups
-                          Case{64, 64, 4, 4, avx512}, Case{64, 64, 3, 5, false}}) {  // 16 and 15 pixels
+    for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, wide},
+                          Case{8, 40, 15, 17, wide},  // 255 pixels
+                          Case{64, 72, 7, 7, wide},   // 49 pixels: more jobs than steps, panels split in groups
+                          Case{64, 64, 4, 4, wide},   // 16 pixels
+                          Case{64, 64, 3, 5, wide && kernels::direct_nr<double>() <= 15},  // 15
+                          Case{64, 64, 1, 7, false}}) {  // 7 pixels: less than a step
         GraphBuilder<double> b(3);
         auto x = b.input("x", {1, c.cin, c.h, c.w});
         b.output(nn::conv2d(x, "p", {.out_channels = c.cout, .kernel = 1}));
@@ -260,7 +263,7 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     GraphBuilder<double> b(7);
     auto x = b.input("x", {1, 5, 12, 10});
     auto y = nn::conv2d(x, "a", {.out_channels = 11, .kernel = 3, .padding = 1});          // direct 3x3
-    y = nn::conv2d(y, "b", {.out_channels = 6, .kernel = 1});                             // direct with AVX-512, else GEMM
+    y = nn::conv2d(y, "b", {.out_channels = 6, .kernel = 1});                             // direct with AVX or AVX-512, else GEMM
     y = nn::conv2d(y, "c", {.out_channels = 9, .kernel = 7, .stride = 2, .padding = 3});  // direct 7x7 stride 2
     b.output(y);
     auto g = std::move(b).build();
@@ -273,9 +276,9 @@ TEST_CASE("a pre-packing executor packs direct-kernel weights once per plan and 
     CHECK(packed.value(g.outputs()[0]).shape == Shape{1, 9, 6, 5});
     const auto want = plain.forward(in);
     CHECK(test::max_rel_err(packed.forward(in), want) == 0.0);
-    // panels of direct_mr (8 with AVX-512, else 4) outputs: 11 and 9 rows round up to whole panels
+    // panels of direct_mr (8 with AVX-512, 6 with AVX, else 4) outputs: 11 and 9 rows round up to whole panels
     const auto whole = [](Index rows) { return (rows + kernels::direct_mr - 1) / kernels::direct_mr * kernels::direct_mr; };
-    const Index b_packed = kernels::detail::vector_bytes >= 64 ? whole(6) * 11 : 0;  // the 1x1 conv over 120 pixels
+    const Index b_packed = kernels::detail::vector_bytes >= 32 ? whole(6) * 11 : 0;  // the 1x1 conv over 120 pixels
     CHECK(packed.plan().packed_bytes == Index((whole(11) * 5 * 9 + b_packed + whole(9) * 6 * 49) * sizeof(double)));
     CHECK(plain.plan().packed_bytes == 0);
     // new weight values: packing again (as InferenceModel::refresh does) follows them
@@ -420,8 +423,9 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
                    "[conv]", float, double) {
     using T = TestType;
     // Planes narrower than a vector (several rows per vector), a little wider, wide, one row, one
-    // column, one pixel; 1, 2 and 11 outputs (the tiles of one row over several steps, of two rows,
-    // and a whole panel and a thin one). Every plane runs flat (where the target has AVX-512: in
+    // column, one pixel; 1, 2, 10 and 11 outputs (the tiles of one row over several steps, of two
+    // rows, a whole panel and a thin one: 10 leaves AVX's 6-row panels 4 rows, the tile of up to 4
+    // rows). Every plane runs flat (where the target has AVX-512: in
     // place at stride 1, over unpadded phase planes at stride 2) and through padded phase planes.
     // A NaN at the end of one input row and one at the start of another must reach exactly the
     // outputs whose window holds them, not the row that a tap one column off wraps onto in flat order.
@@ -432,7 +436,7 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     auto check = [&]<int S>() {
         for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1},
                                    {2, 2}, {14, 14}, {30, 5}, {33, 31}})
-            for (const Index cout : {1, 2, 11}) {
+            for (const Index cout : {1, 2, 10, 11}) {
                 const Index cin = 5, ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
                 std::vector<T> x(static_cast<std::size_t>(cin * h * w)), wt(static_cast<std::size_t>(cout * cin * 9)),
                     bias(static_cast<std::size_t>(cout)), res(static_cast<std::size_t>(cout * ho * wo));

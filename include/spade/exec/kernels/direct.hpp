@@ -41,14 +41,17 @@ namespace detail {
 // The widest vector the target has: 64 bytes with AVX-512, 32 with AVX, else 16.
 // Vectors never cross a function boundary by value (that would tie the ABI to the ISA).
 // The register tile of the direct kernel is MR weights (broadcast) times NV vectors
-// of outputs: 8 x 2 in AVX-512's 32 registers; 4 x 2 with 16 registers, which
-// measured 11% faster than 8 x 1 on AVX2 (Zen) and leaves room for the loads.
+// of outputs: 8 x 2 in AVX-512's 32 registers; 6 x 2 in AVX's 16 (12 accumulators, two
+// input vectors, one broadcast weight), enough independent FMAs to cover their latency
+// (5 cycles, 2 per cycle on Zen 2: a 4 x 2 tile's 8 chains cap it at 77 % of the peak).
+// On Zen 2 6 x 2 ran 3x3 convs 1.1-1.3x, and with the input vectors kept in registers
+// (direct_tile) 1.5-2x, as fast as 4 x 2. Without AVX, 4 x 2 (not measured since).
 #if defined(__AVX512F__)
 inline constexpr int vector_bytes = 64;
 inline constexpr int direct_tile_rows = 8;
 #elif defined(__AVX__)
 inline constexpr int vector_bytes = 32;
-inline constexpr int direct_tile_rows = 4;
+inline constexpr int direct_tile_rows = 6;
 #else
 inline constexpr int vector_bytes = 16;
 inline constexpr int direct_tile_rows = 4;
@@ -416,6 +419,11 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
 [[gnu::always_inline]] inline void direct_tile(const T* x, Index cin, Index channel, Index plane, Index wq, const T* a,
                                                V (&acc)[R][N]) {
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
+    // With 16 registers GCC folded the input loads into the FMAs, loading each vector once per
+    // row (18 loads for 12 FMAs at 6 x 2: bound by the load ports); an empty asm that takes
+    // the vector in a register keeps it there when the tile leaves room for it (R + 1 rows of
+    // N vectors and a broadcast weight). One row reads each vector once anyway.
+    constexpr bool pin = vector_bytes < 64 && R > 1 && (R + 1) * N + 1 <= 16;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
     for (Index c = 0; c < cin; ++c, x += channel) {
@@ -423,7 +431,10 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
             for (int j = 0; j < KW; ++j, a += MR) {
                 const T* src = x + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
                 V b[N];
-                for (int v = 0; v < N; ++v) b[v] = load(src + v * L);
+                for (int v = 0; v < N; ++v) {
+                    b[v] = load(src + v * L);
+                    if constexpr (pin) asm("" : "+x"(b[v]));
+                }
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
             }
@@ -463,7 +474,7 @@ namespace detail {
 // jobs per thread for balance).
 // A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes several steps to a
 // tile: 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16, so no
-// FMAs go to its zero rows. With one output channel (pruned DenseNet's growth layers: 3x3, 32
+// FMAs go to its zero rows; of AVX's 6 rows, 3 or 4 in use take a 4 x 2 tile. With one output channel (pruned DenseNet's growth layers: 3x3, 32
 // inputs, 56 x 56) the conv ran 2x faster (47 -> 23 us on AVX-512).
 template <class F>
 void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work, F&& tile) {
@@ -485,6 +496,8 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
         if (rows == 2) return run.template operator()<2, (MR >= 8 ? 4 : 2)>(s0, s1, p, rows);
         if constexpr (MR >= 8)
             if (rows <= 4) return run.template operator()<4, 2>(s0, s1, p, rows);
+        if constexpr (MR == 6)
+            if (rows <= 4) return run.template operator()<4, 1>(s0, s1, p, rows);
         run.template operator()<MR, 1>(s0, s1, p, rows);
     };
     parallel_for(

@@ -209,13 +209,14 @@ private:
     // (expansions) runs on the direct tiles in place (kernels::conv_pointwise): 1.06-1.5x
     // faster than the GEMM on the projections with AVX2 (Zen), expansions up to 1.3x (the
     // GEMM packs the image and finishes its result in a second pass); with more inputs
-    // and outputs the GEMM was faster there. With AVX-512 and weights packed once per plan
-    // (`packed`: Executor::set_prepack, on in InferenceModel) every 1x1 conv over at least
-    // one step of pixels does: on Zen 5 the 1x1 shapes of ResNet-50, DenseNet-121,
-    // GoogLeNet and MobileNet-v2, dense and pruned, 7x7 to 112x112, ran 1.3-2.6x faster
-    // than Eigen's GEMM (160-200 against 60-135 GMAC/s on two cores), whole networks
-    // 12-29 % faster. Packing a large weight matrix on every forward instead would cost
-    // more than the conv on small planes.
+    // and outputs the GEMM was faster there (with the 4 x 2 tile AVX had then). With AVX or
+    // AVX-512 and weights packed once per plan (`packed`: Executor::set_prepack, on in
+    // InferenceModel) every 1x1 conv over at least one step of pixels does: on Zen 5 the 1x1
+    // shapes of ResNet-50, DenseNet-121, GoogLeNet and MobileNet-v2, dense and pruned, 7x7
+    // to 112x112, ran 1.3-2.6x faster than Eigen's GEMM (160-200 against 60-135 GMAC/s on
+    // two cores), whole networks 12-29 % faster; on Zen 2 (AVX2, the 6 x 2 tile) 1.1-1.7x
+    // on the same shapes but one, 2048 -> 512 at 7x7 (0.98x). Packing a large weight matrix
+    // on every forward instead would cost more than the conv on small planes.
     enum class Direct { none, k1, k3s1, k3s2, k7s2 };
     Direct direct(const kernels::ConvGeometry& g, Index cin, Index cout, bool packed) const {
         if (o_.groups != 1 || g.dilation_h != 1 || g.dilation_w != 1 || g.kernel_h != g.kernel_w ||
@@ -223,7 +224,7 @@ private:
             return Direct::none;
         if (g.is_pointwise()) {
             const Index n = g.in_h * g.in_w;
-            if (kernels::detail::vector_bytes >= 64 && packed && n >= kernels::direct_nr<T>()) return Direct::k1;
+            if (kernels::detail::vector_bytes >= 32 && packed && n >= kernels::direct_nr<T>()) return Direct::k1;
             return (cout <= 16 || cin <= 32) && n >= 256 ? Direct::k1 : Direct::none;
         }
         if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
