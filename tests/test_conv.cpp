@@ -82,7 +82,7 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 3, 2, 3, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 1}},
         {1, 3, 23, 19, {.out_channels = 13, .kernel = 7, .stride = 2, .padding = 3}},
         {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
-        // panels with 1, 2 or up to 4 rows in use (of 4 or 8): several steps to a tile where a
+        // panels with 1, 2 or up to 4 rows in use (of 4, 6 or 8): several steps to a tile where a
         // thread's block of steps holds them (planes of 25 steps or more on two threads), then
         // single steps
         {1, 5, 20, 23, {.out_channels = 1, .kernel = 3, .padding = 1}},
@@ -96,7 +96,7 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 2, 6, 37, {.out_channels = 3, .kernel = 3, .stride = 2, .padding = 2}},
         {1, 2, 13, 19, {.out_channels = 5, .kernel = 7, .stride = 2, .padding = 2}},
         {1, 4, 9, 11, {.out_channels = 4, .kernel = 3, .stride = 2, .padding = 2, .groups = 4}},
-        // stride 2 with 256 input channels stays on im2col + GEMM
+        // stride 2 with 256 input channels: im2col + GEMM, the direct kernel with AVX
         {1, 256, 6, 5, {.out_channels = 3, .kernel = 3, .stride = 2, .padding = 1}},
         // depthwise 3x3 through phase planes: stride 1 and 2, multipliers, no padding, a 1x1 input
         {1, 6, 13, 9, {.out_channels = 6, .kernel = 3, .stride = 2, .padding = 1, .groups = 6}},

@@ -7,6 +7,11 @@
 //   - a ReLU or ReLU6 that follows a Conv2d (after folding and the residual Add)
 //     or a BatchNorm2d that is not folded (DenseNet's pre-activation) becomes
 //     its fused activation, and an Add followed by a ReLU becomes one AddReLU;
+//   - a 1x1 conv (stride 1, no padding) followed by an average pooling without
+//     padding or ceil mode, with no activation or residual between them, runs
+//     after the pooling instead: both are linear and per pixel or per channel, so
+//     the order does not change the result (up to rounding), and the conv runs on
+//     the pooled plane (DenseNet's transitions: a quarter of their MACs);
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -36,6 +41,7 @@ struct CompileOptions {
     bool fold_norms = true;        ///< fold BatchNorm2d and per-channel Scale into the preceding Conv2d
     bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
     bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
+    bool pool_first = true;        ///< run a 1x1 Conv2d after the AvgPool2d that follows it (see the file comment)
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
     bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
@@ -83,6 +89,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         std::vector<NodeId> folded;  // BatchNorm2d / Scale nodes, in order
         FusedActivation act = FusedActivation::none;
         ValueId residual = -1;  // the Add's other operand, if one is fused
+        NodeId pool = -1;       // an AvgPool2d to run before the conv, if so
         NodeId last = -1;       // node whose output the fused chain ends in
     };
     std::map<NodeId, Plan> plans;
@@ -145,6 +152,18 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 const std::string t = g.node(nx).op->type();
                 if (t == "ReLU" || (!add && t == "ReLU6")) {
                     plan.act = t == "ReLU" ? FusedActivation::relu : FusedActivation::relu6;
+                    cur = nx;
+                }
+            }
+        }
+        if (plain_conv && o.pool_first && plan.act == FusedActivation::none && plan.residual < 0 &&
+            conv_op->options().kernel == Pair2{1} && conv_op->options().stride == Pair2{1} &&
+            conv_op->options().padding == Pair2{0}) {
+            const NodeId nx = next_of(cur);
+            if (nx >= 0 && g.node(nx).op->type() == "AvgPool2d") {
+                const auto& po = static_cast<const AvgPool2d<T>&>(*g.node(nx).op).options();
+                if (po.padding == Pair2{0} && !po.ceil_mode) {
+                    plan.pool = nx;
                     cur = nx;
                 }
             }
@@ -228,6 +247,11 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             }
             const bool folded = !it->second.folded.empty();
             co.activation = it->second.act;
+            if (const NodeId pool = it->second.pool; pool >= 0) {  // the pooling first, on the conv's input
+                const auto& pn = g.node(pool);
+                const NodeId id = out.add_node(pn.name, pn.op->clone(), {in[0]}, {});
+                in[0] = out.node(id).outputs[0];
+            }
             if (it->second.residual >= 0) {
                 co.residual = true;
                 in.push_back(map[static_cast<std::size_t>(resolve(it->second.residual))]);

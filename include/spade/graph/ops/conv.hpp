@@ -201,9 +201,11 @@ private:
     };
     // Shapes the direct kernels take (one conv group, no dilation): 3x3 stride 1,
     // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
-    // channels im2col + GEMM measured up to 10% faster than the padded phase planes,
-    // so those stay on it (the flat stride-2 kernel of AVX-512 was level with the
-    // planes there and has not been compared with the GEMM).
+    // channels im2col + GEMM measured up to 10% faster than the padded phase planes
+    // with AVX-512 and with AVX's old 4 x 2 tile, so those stay on it there (the flat
+    // stride-2 kernel of AVX-512 was level with the planes and has not been compared
+    // with the GEMM); with AVX's 6 x 2 tile the planes ran 1.0-1.25x the GEMM on Zen 2
+    // (256 -> 512 and 512 -> 512 at 14x14, 256 -> 256 at 28x28), so AVX takes them all.
     // A 1x1 conv over at least 256 pixels with at most 16 outputs (the projections of
     // pruned inverted residuals, pruned bottleneck reductions) or at most 32 inputs
     // (expansions) runs on the direct tiles in place (kernels::conv_pointwise): 1.06-1.5x
@@ -228,7 +230,7 @@ private:
             return (cout <= 16 || cin <= 32) && n >= 256 ? Direct::k1 : Direct::none;
         }
         if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
-        if (g.stride_h != 2 || cin >= 256) return Direct::none;
+        if (g.stride_h != 2 || (cin >= 256 && kernels::detail::vector_bytes != 32)) return Direct::none;
         if (g.kernel_h == 3) return Direct::k3s2;
         if (g.kernel_h == 7) return Direct::k7s2;
         return Direct::none;
