@@ -146,8 +146,9 @@ TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (D
         CHECK(macs_of(macs_k, conv) == x[1] * x[1] / 2 * (x[2] / 2) * (x[3] / 2));
     }
     check_same(kept, k, 1e-10);  // and both against g with the other zoo models
-    // by hand: a bias and a folded BN pass through the pooling; odd planes lose the same last
-    // row and column either way; padding, ceil mode, an activation or a 3x3 conv keep the order
+    // by hand: a bias and a folded BN pass through the pooling, and so do conv groups; odd planes
+    // lose the same last row and column either way; padding, ceil mode, an activation, a 3x3 or
+    // strided conv, or a second reader of the conv's output keep the order
     GraphBuilder<double> b(5);
     auto x = b.input("x", {2, 6, 7, 9});
     auto moved = nn::avg_pool2d(nn::batch_norm2d(nn::conv2d(x, "a", {.out_channels = 5, .kernel = 1}), "bn_a"), "pool_a",
@@ -160,15 +161,25 @@ TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (D
                                PoolOptions{.kernel = 2, .ceil_mode = true});
     auto act = nn::avg_pool2d(nn::relu(nn::conv2d(x, "e", {.out_channels = 3, .kernel = 1}), "relu_e"), "pool_e",
                               PoolOptions{.kernel = 3, .stride = 2});
-    for (auto v : {moved, three, padded, ceil, act}) b.output(v);
+    auto grouped = nn::avg_pool2d(nn::conv2d(x, "f", {.out_channels = 4, .kernel = 1, .groups = 2}), "pool_f",
+                                  PoolOptions{.kernel = 3, .stride = 2});
+    auto strided = nn::avg_pool2d(nn::conv2d(x, "g", {.out_channels = 3, .kernel = 1, .stride = 2}), "pool_g",
+                                  PoolOptions{.kernel = 2});
+    auto shared = nn::conv2d(x, "h", {.out_channels = 3, .kernel = 1});  // also a graph output
+    for (auto v : {moved, three, padded, ceil, act, grouped, strided, shared,
+                   nn::avg_pool2d(shared, "pool_h", PoolOptions{.kernel = 2})})
+        b.output(v);
     auto h = std::move(b).build();
     test::randomize(h, 9);
     const auto hk = compile_for_inference(h);
     check_same(h, hk, 1e-12);
-    CHECK(hk.node_id("pool_a") < hk.node_id("a"));
-    CHECK(hk.node(hk.node_id("pool_a")).inputs[0] == hk.inputs()[0]);
+    for (const std::string c : {"a", "f"}) {
+        INFO(c);
+        CHECK(hk.node_id("pool_" + c) < hk.node_id(c));
+        CHECK(hk.node(hk.node_id("pool_" + c)).inputs[0] == hk.inputs()[0]);
+    }
     CHECK_FALSE(hk.has_parameter("bn_a.weight"));  // folded into a, which now reads the pooled input
-    for (const std::string c : {"b", "c", "d", "e"}) {
+    for (const std::string c : {"b", "c", "d", "e", "g", "h"}) {
         INFO(c);
         CHECK(hk.node_id("pool_" + c) > hk.node_id(c));
         CHECK(hk.node(hk.node_id(c)).inputs[0] == hk.inputs()[0]);

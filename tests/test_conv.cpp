@@ -84,7 +84,7 @@ TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
         {1, 2, 9, 8, {.out_channels = 8, .kernel = 7, .stride = 2, .padding = {2, 3}}},
         // panels with 1, 2 or up to 4 rows in use (of 4, 6 or 8): several steps to a tile where a
         // thread's block of steps holds them (planes of 25 steps or more on two threads), then
-        // single steps
+        // single steps; AVX's panels with 3 or 4 rows in use take a 4-row tile of one step
         {1, 5, 20, 23, {.out_channels = 1, .kernel = 3, .padding = 1}},
         {1, 4, 60, 30, {.out_channels = 2, .kernel = 3, .stride = 2, .padding = 1}},
         {2, 3, 17, 26, {.out_channels = 11, .kernel = 3, .padding = 1}},

@@ -106,6 +106,32 @@ TEST_CASE("executor reuses activation buffers by lifetime", "[graph][exec]") {
     CHECK(std::all_of(ex.node_seconds().begin(), ex.node_seconds().end(), [](double s) { return s > 0.0; }));
 }
 
+TEST_CASE("executor reads each run's inputs and the parameters' storage of the moment", "[graph][exec]") {
+    // a plan keeps what each node reads and writes; the graph input (read twice by one node
+    // here) and the parameters' storage are taken afresh on every run
+    GraphBuilder<double> b(2);
+    auto x = b.input("x", {1, 3, 5, 4});
+    auto y = nn::conv2d(x, "c", {.out_channels = 3, .padding = 1});
+    b.output(nn::add(nn::add(x, x, "twice"), y, "sum"));
+    auto g = std::move(b).build();
+    Executor<double> ex(g);
+    auto fresh = [&](const Tensor<double>& in) { return Executor<double>(g).forward(in); };
+    const auto a = test::random_tensor<double>({1, 3, 5, 4}, 1), c = test::random_tensor<double>({1, 3, 5, 4}, 2);
+    const auto ya = fresh(a), yc = fresh(c);
+    CHECK(test::max_rel_err(ya, yc) > 0.1);
+    CHECK(test::max_rel_err(ex.forward(a), ya) == 0.0);
+    CHECK(test::max_rel_err(ex.forward(c), yc) == 0.0);
+    // the weight replaced by new storage of the same shape: the same plan, the new values
+    Parameter<double> w("c.weight", g.parameter("c.weight").shape());
+    for (Index i = 0; i < w.numel(); ++i) w.data()[i] = 0.01 * static_cast<double>(i % 7) - 0.03;
+    const double* old = g.parameter("c.weight").data();
+    g.parameter("c.weight") = std::move(w);
+    REQUIRE(g.parameter("c.weight").data() != old);
+    const auto want = fresh(c);
+    CHECK(test::max_rel_err(want, yc) > 0.1);
+    CHECK(test::max_rel_err(ex.forward(c), want) == 0.0);
+}
+
 TEST_CASE("weight sharing: K unrolled iterations use one parameter set", "[graph][sharing]") {
     const int K = 4;
     GraphBuilder<double> b(7);

@@ -11,7 +11,8 @@
 //     padding or ceil mode, with no activation or residual between them, runs
 //     after the pooling instead: both are linear and per pixel or per channel, so
 //     the order does not change the result (up to rounding), and the conv runs on
-//     the pooled plane (DenseNet's transitions: a quarter of their MACs);
+//     the pooled plane (DenseNet's transitions: its MACs fall to a quarter). The
+//     pooling keeps its node name but now pools the conv's input;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.

@@ -419,11 +419,11 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
 [[gnu::always_inline]] inline void direct_tile(const T* x, Index cin, Index channel, Index plane, Index wq, const T* a,
                                                V (&acc)[R][N]) {
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
-    // With 16 registers GCC folded the input loads into the FMAs, loading each vector once per
-    // row (18 loads for 12 FMAs at 6 x 2: bound by the load ports); an empty asm that takes
-    // the vector in a register keeps it there when the tile leaves room for it (R + 1 rows of
-    // N vectors and a broadcast weight). One row reads each vector once anyway.
-    constexpr bool pin = vector_bytes < 64 && R > 1 && (R + 1) * N + 1 <= 16;
+    // With AVX's 16 registers GCC folded the input loads into the FMAs, loading each vector
+    // once per row (18 loads for 12 FMAs at 6 x 2: bound by the load ports); an empty asm that
+    // takes the vector in a register keeps it there when the tile leaves room for it (R + 1
+    // rows of N vectors and a broadcast weight). One row reads each vector once anyway.
+    constexpr bool pin = vector_bytes == 32 && R > 1 && (R + 1) * N + 1 <= 16;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
     for (Index c = 0; c < cin; ++c, x += channel) {
@@ -433,7 +433,9 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
                 V b[N];
                 for (int v = 0; v < N; ++v) {
                     b[v] = load(src + v * L);
+#if defined(__AVX__)
                     if constexpr (pin) asm("" : "+x"(b[v]));
+#endif
                 }
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
@@ -474,8 +476,9 @@ namespace detail {
 // jobs per thread for balance).
 // A panel with 1, 2 or (of AVX-512's 8 rows) up to 4 rows in use takes several steps to a
 // tile: 1 x 8, 2 x 8 and 4 x 4 vectors with 32 registers, 1 x 8 and 2 x 4 with 16, so no
-// FMAs go to its zero rows; of AVX's 6 rows, 3 or 4 in use take a 4 x 2 tile. With one output channel (pruned DenseNet's growth layers: 3x3, 32
-// inputs, 56 x 56) the conv ran 2x faster (47 -> 23 us on AVX-512).
+// FMAs go to its zero rows; of AVX's 6 rows, 3 or 4 in use take a 4-row tile of one step.
+// With one output channel (pruned DenseNet's growth layers: 3x3, 32 inputs, 56 x 56) the
+// conv ran 2x faster (47 -> 23 us on AVX-512).
 template <class F>
 void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work, F&& tile) {
     constexpr int MR = direct_mr;
@@ -746,8 +749,10 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
 /// L1 while every panel of weights passes over it; with fewer blocks than 4 per thread
 /// (7x7 to 14x14 planes) the panels are split into groups too. With AVX-512 this measured
 /// 1.3-2.6x faster than Eigen's GEMM (which packs the whole image first and accumulates
-/// into a zeroed result) on every 1x1 shape of the zoo's classifiers; on AVX2 (Zen) only
-/// up to 16 output channels (1.06-1.5x) or up to 32 inputs (1.3x). Conv2d picks.
+/// into a zeroed result) on every 1x1 shape of the zoo's classifiers, with AVX2 and the
+/// 6 x 2 tile (Zen 2) 1.1-1.7x on all but one (2048 -> 512 at 7x7: 0.98x); with AVX2's
+/// old 4 x 2 tile only up to 16 output channels (1.06-1.5x) or up to 32 inputs (1.3x),
+/// the rule that remains for weights not pre-packed. Conv2d picks.
 template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
                     T* y, const T* res = nullptr) {

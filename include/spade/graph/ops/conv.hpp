@@ -230,9 +230,9 @@ private:
             return (cout <= 16 || cin <= 32) && n >= 256 ? Direct::k1 : Direct::none;
         }
         if (g.kernel_h == 3 && g.stride_h == 1) return Direct::k3s1;
-        if (g.stride_h != 2 || (cin >= 256 && kernels::detail::vector_bytes != 32)) return Direct::none;
-        if (g.kernel_h == 3) return Direct::k3s2;
-        if (g.kernel_h == 7) return Direct::k7s2;
+        if (g.stride_h != 2) return Direct::none;
+        if (g.kernel_h == 3 && (cin < 256 || kernels::detail::vector_bytes == 32)) return Direct::k3s2;
+        if (g.kernel_h == 7 && cin < 256) return Direct::k7s2;
         return Direct::none;
     }
     // f.template operator()<K, S>() for the kernel size and stride of `d` (not k1)
