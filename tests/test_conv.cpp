@@ -425,10 +425,10 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     // Planes narrower than a vector (several rows per vector), a little wider, wide, one row, one
     // column, one pixel; 1, 2, 10 and 11 outputs (the tiles of one row over several steps, of two
     // rows, a whole panel and a thin one: 10 leaves AVX's 6-row panels 4 rows, the tile of up to 4
-    // rows). Every plane runs flat (where the target has AVX-512: in
-    // place at stride 1, over unpadded phase planes at stride 2) and through padded phase planes.
-    // A NaN at the end of one input row and one at the start of another must reach exactly the
-    // outputs whose window holds them, not the row that a tap one column off wraps onto in flat order.
+    // rows). Every plane runs flat (where the target has AVX-512: in place at stride 1, over
+    // unpadded phase planes at stride 2) and through padded phase planes. A NaN at the end of one
+    // input row and one at the start of another must reach exactly the outputs whose window holds
+    // them, not the row that a tap one column off wraps onto in flat order.
     // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
     // every machine: 14 x 14 and 30 x 5 have steps inside the plane with several rows per vector,
     // 33 x 31 tiles of four steps (one or two outputs) whose last one ends past the plane.

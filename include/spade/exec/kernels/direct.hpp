@@ -617,12 +617,13 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
     constexpr Index NR = direct_nr<T>();
     const Index n = g.out_h * g.out_w, w = g.out_w;
     const FusedClamp<T> clamp(act);
-    if constexpr (S == 2)
+    if constexpr (S == 2) {
         parallel_for(
             g.cin, [&](long c) { fill_flat_planes(x + c * g.h * g.w, g, work + c * 4 * g.flat_plane); },
             4 * g.flat_plane);
-    if constexpr (S == 2)  // zeroed so that the lanes no output keeps read no stale values (denormals)
+        // the slack zeroed so that the lanes no output keeps read no stale values (denormals)
         std::fill(work + g.cin * 4 * g.flat_plane, work + g.cin * 4 * g.flat_plane + g.flat_slack, T(0));
+    }
     auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         constexpr int NT = N * NV;  // vectors of the tile
         const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step
