@@ -363,11 +363,12 @@ TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[c
 
 TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes, NaN kept to its window",
           "[conv]") {
-    // Calls the kernel itself, in float and double, with bias, a residual and ReLU6 and with none of
-    // them. Planes from 1 to 33 wide, odd and even, stride 1 and 2, multipliers 1 and 2: flat outputs
-    // (out_w <= 32 and a whole vector of outputs), the padded planes otherwise (33 wide; 2 x 2 in
-    // float). A NaN at the end of one input row and the start of another must reach exactly the
-    // outputs whose window holds it, not the neighbouring row that a flat tap one column off wraps onto.
+    // Calls the kernels themselves, in float and double, with bias, a residual and ReLU6 and with none
+    // of them: the one depthwise_conv2d picks, then the padded planes (depthwise_direct) and the flat
+    // ones (depthwise_flat, given a whole vector of outputs) each. Planes from 1 to 65 wide, odd and
+    // even, stride 1 and 2, multipliers 1 and 2. A NaN at the end of one input row and the start of
+    // another must reach exactly the outputs whose window holds it, not the neighbouring row that a
+    // flat tap one column off wraps onto.
     auto check = []<class T>(T, double tol) {
         struct Case {
             Index h, w, stride, multiplier;
@@ -388,11 +389,26 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
             const T nan = std::numeric_limits<T>::quiet_NaN();
             x[std::min<Index>(1, c.h - 1) * c.w + c.w - 1] = nan;                 // channel 0: a row's end,
             x[(2 * c.h + std::min<Index>(3, c.h - 1)) * c.w] = nan;               // channel 2: a row's start
-            for (const bool plain : {false, true}) {  // with bias, residual and ReLU6; with none of them
+            // kernel 0 is the one the rule picks (which differs per ISA), 1 the padded planes, 2 the flat
+            // ones; each with bias, residual and ReLU6, then plain
+            for (int run = 0; run < 6; ++run) {
+                const int kernel = run / 2;
+                const bool plain = run % 2 == 1;
+                if (kernel == 2 && n < kernels::detail::Lanes<T>::count) continue;  // flat needs a whole vector
                 Tensor<T> y(Shape{cout, g.out_h, g.out_w});
-                kernels::depthwise_conv2d(x.data(), cout, c.multiplier, g, w.data(), plain ? nullptr : bias.data(), y.data(),
-                                          plain ? FusedActivation::none : FusedActivation::relu6,
-                                          plain ? nullptr : res.data());
+                const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
+                const T* with_bias = plain ? nullptr : bias.data();
+                const T* with_res = plain ? nullptr : res.data();
+                if (kernel == 0)
+                    kernels::depthwise_conv2d(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+                else if (kernel == 1 && c.stride == 1)
+                    kernels::depthwise_direct<T, 3, 1>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+                else if (kernel == 1)
+                    kernels::depthwise_direct<T, 3, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+                else if (c.stride == 1)
+                    kernels::depthwise_flat<T, 1>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+                else
+                    kernels::depthwise_flat<T, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
                 for (Index o = 0; o < cout; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q) {
@@ -405,9 +421,9 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                                 }
                             const double want = plain ? s : std::clamp(s + double(res[o * n + r * g.out_w + q]), 0.0, 6.0);
                             const double got = y[o * n + r * g.out_w + q];
-                            INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " plane " << c.h
-                                                                        << " x " << c.w << " stride " << c.stride
-                                                                        << " output " << o << ", " << r << ", " << q);
+                            INFO((sizeof(T) == 4 ? "float" : "double")
+                                 << (plain ? " plain" : " fused") << " kernel " << kernel << " plane " << c.h << " x "
+                                 << c.w << " stride " << c.stride << " output " << o << ", " << r << ", " << q);
                             REQUIRE(std::isnan(got) == std::isnan(want));
                             if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
                         }

@@ -77,22 +77,28 @@ void store(T* p, const V& v) {
 // Lane masks for a plane computed flat, in whole vectors of outputs from flat index f on (rows
 // w wide, n elements): left(f) clears the lanes of outputs at column 0 and right(f) those at
 // column w - 1, whose left (right) neighbour in flat order lies on the row above (below).
+// Kernels read them through view(), a copy of two pointers that stays in registers (the
+// masks' own members would be reloaded after every store of a vector, which may alias).
 template <class T>
 class WrapMasks {
 public:
     using Bits = std::conditional_t<sizeof(T) == 8, std::int64_t, std::int32_t>;
     typedef Bits vector __attribute__((vector_size(vector_bytes), aligned(alignof(Bits)), may_alias));
-    WrapMasks(Index n, Index w) : n_(n), keep_(static_cast<std::size_t>(2 * n)) {
-        for (Index f = 0; f < n; ++f) {
-            keep_[f] = f % w == 0 ? Bits(0) : ~Bits(0);
-            keep_[n + f] = f % w == w - 1 ? Bits(0) : ~Bits(0);
+    struct View {
+        const Bits* keep_left;
+        const Bits* keep_right;
+        vector left(Index f) const { return *reinterpret_cast<const vector*>(keep_left + f); }
+        vector right(Index f) const { return *reinterpret_cast<const vector*>(keep_right + f); }
+    };
+    WrapMasks(Index n, Index w) : keep_(static_cast<std::size_t>(2 * n), ~Bits(0)) {
+        for (Index f = 0; f < n; f += w) {
+            keep_[f] = Bits(0);
+            keep_[n + f + w - 1] = Bits(0);
         }
     }
-    vector left(Index f) const { return *reinterpret_cast<const vector*>(keep_.data() + f); }
-    vector right(Index f) const { return *reinterpret_cast<const vector*>(keep_.data() + n_ + f); }
+    View view() const { return {keep_.data(), keep_.data() + keep_.size() / 2}; }
 
 private:
-    Index n_;
     std::vector<Bits> keep_;
 };
 // Calls f(q) for q = 0, w, 2w, ... covering [0, n) (n >= w) in whole pieces of w:

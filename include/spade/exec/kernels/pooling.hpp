@@ -221,6 +221,7 @@ void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
             T* x = scratch.slice() + margin;
             std::memcpy(x, in + c * n, sizeof(T) * static_cast<std::size_t>(n));
             T* y = out + c * n;
+            const auto keep = wrap.view();
             auto column = [&](Index f) {
                 V m = load(x + f - w);
                 vmax_nan(m, load(x + f));
@@ -230,8 +231,8 @@ void max_pool_flat3(const T* in, Index planes, const ConvGeometry& g, T* out) {
             auto vector_at = [&](Index f) {
                 const V none = V{} + lowest;
                 V m = column(f);
-                vmax_nan(m, wrap.left(f) ? column(f - 1) : none);
-                vmax_nan(m, wrap.right(f) ? column(f + 1) : none);
+                vmax_nan(m, keep.left(f) ? column(f - 1) : none);
+                vmax_nan(m, keep.right(f) ? column(f + 1) : none);
                 store(y + f, m);
             };
             cover(n, L, vector_at);  // the last vector shifted back: a few outputs twice, no partial one
