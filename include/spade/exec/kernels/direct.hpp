@@ -434,6 +434,7 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
     for (Index c = 0; c < cin; ++c, x += channel) {
         for (int i = 0; i < KH; ++i) {
+#pragma GCC unroll 8
             for (int j = 0; j < KW; ++j, a += MR) {
                 const T* src = x + ((i % S) * S + j % S) * plane + (i / S) * wq + j / S;
                 V b[N];

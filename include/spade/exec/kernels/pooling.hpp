@@ -84,7 +84,7 @@ inline T max_nan(T m, T v) {
 // m = max_nan(m, v) lane by lane
 template <class V>
 [[gnu::always_inline]] inline void vmax_nan(V& m, const V& v) {
-    m = (v > m) | (v != v) ? v : m;
+    m = ((v > m) | (v != v)) ? v : m;
 }
 
 // Max pooling with dilation, window by window.
