@@ -11,11 +11,12 @@
 // row width: rows narrower than a vector (7x7 and 14x14 maps) cost only the
 // wq - out_w columns of padding that are computed and dropped, not empty lanes.
 //
-// With AVX-512, a 3x3 stride-1 conv with padding 1 skips the planes: it is
-// computed flat over the unpadded input itself (conv3x3_flat), the taps that
-// fall outside the plane or wrap onto the next row masked off in the load. At
-// stride 2 (padding 1) it runs over unpadded phase planes with a zero margin
-// above each (fill_flat_planes, flat3x3_tile), flat over the output too.
+// With AVX or AVX-512, a 3x3 stride-1 conv with padding 1 skips the planes: it
+// is computed flat over the unpadded input itself (conv3x3_flat), the taps that
+// fall outside the plane or wrap onto the next row masked off in the load. With
+// AVX-512, at stride 2 (padding 1) it runs over unpadded phase planes with a
+// zero margin above each (fill_flat_planes, flat3x3_tile), flat over the output
+// too; AVX keeps the padded planes at stride 2 (not compared there).
 //
 // The weights are packed once (pack_direct_weights, at compile time of an
 // inference plan) into panels of MR output channels, tap-major inside a channel.
@@ -31,7 +32,7 @@
 #include "spade/core/threading.hpp"
 #include "spade/graph/ops/common.hpp"
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -130,9 +131,9 @@ struct DirectGeometry {
     Index hq = 0;      ///< rows of a phase plane that hold (padded) input
     Index flat = 0;    ///< flat outputs computed: (out_h - 1) * wq + out_w
     Index plane = 0;   ///< elements per phase plane, slack for the last step's reads included
-    /// conv_direct: 3x3, stride 1 or 2, padding 1 with AVX-512, computed flat over the output
-    /// (conv3x3_flat): at stride 1 in place without planes, at stride 2 over unpadded phase
-    /// planes `flat_plane` apart
+    /// conv_direct: 3x3, padding 1, stride 1 with AVX or AVX-512 and stride 2 with AVX-512,
+    /// computed flat over the output (conv3x3_flat): at stride 1 in place without planes, at
+    /// stride 2 over unpadded phase planes `flat_plane` apart
     bool same = false;
     Index flat_plane = 0;  ///< elements per unpadded phase plane (stride 2 with `same`)
     Index flat_slack = 0;  ///< what the last step reads past the last unpadded plane
@@ -161,9 +162,11 @@ DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index p
     constexpr Index NR = direct_nr<T>();
     const Index steps = (g.flat + NR - 1) / NR;
     g.plane = std::max(g.hq * g.wq, steps * NR + (KH - 1) / S * g.wq + (KW - 1) / S);
-#if defined(__AVX512F__)
-    g.same = KH == 3 && KW == 3 && S <= 2 && pad_h == 1 && pad_w == 1 && g.out_h == (h - 1) / S + 1 &&
-             g.out_w == (w - 1) / S + 1;
+#if defined(__AVX__)
+    // with AVX (no AVX-512) at stride 1 only: with no copy into planes, pruned DenseNet's
+    // growth convs (32 inputs, 1 output at 56 x 56) ran 1.3x faster on Zen 2
+    g.same = KH == 3 && KW == 3 && (S == 1 || (S == 2 && detail::vector_bytes >= 64)) && pad_h == 1 && pad_w == 1 &&
+             g.out_h == (h - 1) / S + 1 && g.out_w == (w - 1) / S + 1;
     // stride 2: per phase a margin of a row and one element, then the outputs' extent; a plane's
     // last step reads up to a step past its last output, into the next plane or, after the last
     // plane, into the slack (lanes whose outputs are not stored)
@@ -345,31 +348,71 @@ void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T 
     }
 }
 
-#if defined(__AVX512F__)
-// AVX-512 lane masks on the vector types above: lanes [lane, lane + n) of v moved to the
-// bottom; loads and stores of the lanes a mask sets (the others read as zero, and are
-// never touched in memory: a masked-off lane past an array's end does not fault).
+#if defined(__AVX__)
+// Lane masks on the vector types above: loads and stores of the lanes a mask sets (the others
+// read as zero, and are never touched in memory: a masked-off lane past an array's end does
+// not fault). AVX-512 keeps them in mask registers, AVX in vectors of all-ones lanes (what
+// vmaskmov reads); lane_bits makes either from bit l for lane l.
 using VF = Lanes<float>::type;
 using VD = Lanes<double>::type;
+#if defined(__AVX512F__)
 template <class T>
 using LaneMask = std::conditional_t<sizeof(T) == 8, __mmask8, __mmask16>;
-// lanes [lo, hi) of a vector of T, both clamped to [0, L)
 template <class T>
-LaneMask<T> lane_range(Index lo, Index hi) {
-    constexpr Index L = Lanes<T>::count;
-    lo = std::clamp<Index>(lo, 0, L), hi = std::clamp<Index>(hi, lo, L);
-    return LaneMask<T>(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
-inline VF compress(const VF& v, Index lane, Index n) {
-    return reinterpret_cast<VF>(_mm512_maskz_compress_ps(lane_range<float>(lane, lane + n), reinterpret_cast<__m512>(v)));
-}
-inline VD compress(const VD& v, Index lane, Index n) {
-    return reinterpret_cast<VD>(_mm512_maskz_compress_pd(lane_range<double>(lane, lane + n), reinterpret_cast<__m512d>(v)));
+LaneMask<T> lane_bits(unsigned bits) {
+    return LaneMask<T>(bits);
 }
 inline VF load_masked(const float* p, __mmask16 m) { return reinterpret_cast<VF>(_mm512_maskz_loadu_ps(m, p)); }
 inline VD load_masked(const double* p, __mmask8 m) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(m, p)); }
 inline void store_masked(float* p, __mmask16 m, const VF& v) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
 inline void store_masked(double* p, __mmask8 m, const VD& v) { _mm512_mask_storeu_pd(p, m, reinterpret_cast<__m512d>(v)); }
+// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read
+template <class T>
+typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
+    return load_masked(p, m);
+}
+#else
+template <class T>
+using LaneMask = typename WrapMasks<T>::vector;
+template <class T>
+LaneMask<T> lane_bits(unsigned bits) {
+    using B = typename WrapMasks<T>::Bits;
+    LaneMask<T> m;
+    for (int l = 0; l < Lanes<T>::count; ++l) m[l] = (bits >> l) & 1u ? ~B(0) : B(0);
+    return m;
+}
+inline VF load_masked(const float* p, LaneMask<float> m) {
+    return reinterpret_cast<VF>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(m)));
+}
+inline VD load_masked(const double* p, LaneMask<double> m) {
+    return reinterpret_cast<VD>(_mm256_maskload_pd(p, reinterpret_cast<__m256i>(m)));
+}
+inline void store_masked(float* p, LaneMask<float> m, const VF& v) {
+    _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256>(v));
+}
+inline void store_masked(double* p, LaneMask<double> m, const VD& v) {
+    _mm256_maskstore_pd(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256d>(v));
+}
+// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read: a load and an AND
+// (vmaskmov loads take longer on Zen)
+template <class T>
+typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
+    using V = typename Lanes<T>::type;
+    return reinterpret_cast<V>(reinterpret_cast<LaneMask<T>>(load(p)) & m);
+}
+#endif
+// bits [lo, hi) set, both clamped to [0, L)
+template <class T>
+unsigned lane_range_bits(Index lo, Index hi) {
+    constexpr Index L = Lanes<T>::count;
+    lo = std::clamp<Index>(lo, 0, L), hi = std::clamp<Index>(hi, lo, L);
+    return ((1u << hi) - 1) & ~((1u << lo) - 1);
+}
+// lanes [lo, hi) of a vector of T, both clamped to [0, L)
+template <class T>
+LaneMask<T> lane_range(Index lo, Index hi) {
+    return lane_bits<T>(lane_range_bits<T>(lo, hi));
+}
 // store_vector under a mask: the lanes k sets of y = act(acc + bias + res); `res` may be null
 template <class T, class V>
 [[gnu::always_inline]] inline void store_vector_masked(const V& acc, T bias, FusedClamp<T> act, T* y, const T* res,
@@ -377,6 +420,16 @@ template <class T, class V>
     V v = acc + bias;
     if (res) v += load_masked(res, k);
     store_masked(y, k, act(v));
+}
+#endif
+
+#if defined(__AVX512F__)
+// AVX-512: lanes [lane, lane + n) of v moved to the bottom.
+inline VF compress(const VF& v, Index lane, Index n) {
+    return reinterpret_cast<VF>(_mm512_maskz_compress_ps(lane_range<float>(lane, lane + n), reinterpret_cast<__m512>(v)));
+}
+inline VD compress(const VD& v, Index lane, Index n) {
+    return reinterpret_cast<VD>(_mm512_maskz_compress_pd(lane_range<double>(lane, lane + n), reinterpret_cast<__m512d>(v)));
 }
 
 // A run of a step's flat outputs that lies in one output row and one vector: lanes
@@ -416,6 +469,17 @@ template <class T, class V>
 }  // namespace detail
 
 namespace detail {
+// With AVX's 16 registers GCC folded the input loads of a tile into its FMAs, loading each
+// vector once per row (18 loads for 12 FMAs at 6 x 2: bound by the load ports). An empty asm
+// that takes the vector in a register keeps it there when an R x N tile leaves room for it
+// (R + 1 rows of N vectors and a broadcast weight). One row reads each vector once anyway.
+template <int R, int N, class V>
+[[gnu::always_inline]] inline void pin_input([[maybe_unused]] V& v) {
+#if defined(__AVX__)
+    if constexpr (vector_bytes == 32 && R > 1 && (R + 1) * N + 1 <= 16) asm("" : "+x"(v));
+#endif
+}
+
 // acc = one step of a direct kernel: the R x N tile of outputs of weight panel `a` (packed,
 // [cin][KH * KW][MR]) over N vectors from x on, summed over cin channels `channel` apart,
 // each channel's KH x KW taps read from its S x S phase planes (`plane` apart, rows `wq` apart).
@@ -425,11 +489,6 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
 [[gnu::always_inline]] inline void direct_tile(const T* x, Index cin, Index channel, Index plane, Index wq, const T* a,
                                                V (&acc)[R][N]) {
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
-    // With AVX's 16 registers GCC folded the input loads into the FMAs, loading each vector
-    // once per row (18 loads for 12 FMAs at 6 x 2: bound by the load ports); an empty asm that
-    // takes the vector in a register keeps it there when the tile leaves room for it (R + 1
-    // rows of N vectors and a broadcast weight). One row reads each vector once anyway.
-    constexpr bool pin = vector_bytes == 32 && R > 1 && (R + 1) * N + 1 <= 16;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
     for (Index c = 0; c < cin; ++c, x += channel) {
@@ -440,9 +499,7 @@ template <class T, int KH, int KW, int S, int R = direct_tile_rows, int N = dire
                 V b[N];
                 for (int v = 0; v < N; ++v) {
                     b[v] = load(src + v * L);
-#if defined(__AVX__)
-                    if constexpr (pin) asm("" : "+x"(b[v]));
-#endif
+                    pin_input<R, N>(b[v]);
                 }
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
@@ -519,7 +576,7 @@ void run_direct_tiles(Index steps, Index cout, Index step_input, Index step_work
         block * step_work);
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 // The load masks of a 3x3 "same" conv (stride 1, padding 1) computed flat over its unpadded
 // input (conv3x3_flat), for N vectors of outputs from flat index f0 on: tap[i][j][v] keeps
 // the lanes whose input f + (i - 1) w + j - 1 is a pixel of the plane, i.e. row oh + i - 1
@@ -538,14 +595,14 @@ struct SameMasks {
             unsigned first = 0, last = 0;  // lanes at column 0 and at column w - 1
             for (Index l = (w - col) % w; l < L; l += w) first |= 1u << l;
             for (Index l = w - 1 - col; l < L; l += w) last |= 1u << l;
-            side[0][v] = LaneMask<T>(~first), side[1][v] = LaneMask<T>(~last);
+            side[0][v] = lane_bits<T>(~first), side[1][v] = lane_bits<T>(~last);
             if (!edge) continue;
             const Index f = f0 + v * L;
             for (int i = 0; i < 3; ++i) {
-                const unsigned rows = lane_range<T>((1 - i) * w - f, n - (i - 1) * w - f);
-                tap[i][0][v] = LaneMask<T>(rows & ~first);
-                tap[i][1][v] = LaneMask<T>(rows);
-                tap[i][2][v] = LaneMask<T>(rows & ~last);
+                const unsigned rows = lane_range_bits<T>((1 - i) * w - f, n - (i - 1) * w - f);
+                tap[i][0][v] = lane_bits<T>(rows & ~first);
+                tap[i][1][v] = lane_bits<T>(rows);
+                tap[i][2][v] = lane_bits<T>(rows & ~last);
             }
         }
     }
@@ -554,7 +611,7 @@ struct SameMasks {
 // outputs of a 3x3 conv of padding 1 (conv3x3_flat), x at the first of them, channels
 // `channel` apart.
 // Stride 1: x is the unpadded input itself (rows w apart). Inside the plane (Edge false: every
-// tap row of every lane lies in it) only the side columns' taps need masks.
+// tap of every lane reads inside it) only the side columns' taps need masks.
 // Stride 2: x is the first of four unpadded phase planes (fill_flat_planes), `plane` apart:
 // plane (a, b) holds input pixel (2 r + a, 2 q + b) at flat index r w + q (w the output's width)
 // after a zero margin, so tap (i, j) of output f reads plane (i != 1, j != 1) at f - w if i = 0
@@ -581,7 +638,8 @@ template <class T, int S, int R, int N, bool Edge, class V>
                     if constexpr (Edge)
                         b[v] = load_masked(src + v * L, m.tap[i][j][v]);
                     else
-                        b[v] = k < 0 ? load(src + v * L) : load_masked(src + v * L, side[k][v]);
+                        b[v] = k < 0 ? load(src + v * L) : load_kept(src + v * L, side[k][v]);
+                    pin_input<R, N>(b[v]);
                 }
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < N; ++v) acc[r][v] += a[r] * b[v];
@@ -634,8 +692,8 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
     auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
         constexpr int NT = N * NV;  // vectors of the tile
         const Index f0 = s * NR, count = n - f0;  // outputs from f0 on: under NT L in the plane's last step
-        // at stride 1: some tap row of some lane outside the plane (stride 2 reads margins)
-        const bool edge = S == 1 && (f0 < w || f0 + NT * L + w > n);
+        // at stride 1: some tap of some lane reads outside the plane (stride 2 reads margins)
+        const bool edge = S == 1 && (f0 < w + 1 || f0 + NT * L + w + 1 > n);
         const SameMasks<T, NT> m(f0, w, n, edge);
         const T* a = packed + p * g.cin * 9 * MR;
         // computed and stored in one piece per kind of tile: with one tile array for both
@@ -684,8 +742,8 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
 template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {
-#if defined(__AVX512F__)
-    if constexpr (KH == 3 && KW == 3 && S <= 2)
+#if defined(__AVX__)
+    if constexpr (KH == 3 && KW == 3 && (S == 1 || (S == 2 && detail::vector_bytes >= 64)))
         if (g.same) return detail::conv3x3_flat<T, S>(x, g, packed, bias, act, y, work, res);
 #endif
     // one task per channel and row phase: a stem's 3 channels still split evenly over 2 threads
