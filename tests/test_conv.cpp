@@ -361,6 +361,22 @@ TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[c
     }
 }
 
+TEST_CASE("which 3x3 convs of padding 1 run flat, per target", "[conv]") {
+    using kernels::detail::flat3x3_fits;
+    constexpr int vb = kernels::detail::vector_bytes;
+    // h, w, outputs: pruned DenseNet's growth conv, a pruned ResNet's 56 x 56 and 14 x 14 layers, a
+    // dense ResNet's 56 x 56 and 7 x 7 layers, DnCNN (channels 256 KiB apart), a plane of 4 KiB
+    for (const auto& [h, w, cout, avx] : {std::tuple<Index, Index, Index, bool>{56, 56, 1, true},
+                                          {56, 56, 16, true}, {14, 14, 64, true}, {56, 56, 64, false},
+                                          {7, 7, 512, false}, {256, 256, 16, false}, {32, 32, 8, false}}) {
+        INFO(h << " x " << w << ", " << cout << " outputs");
+        CHECK(flat3x3_fits<float, 1>(h, w, cout) == (vb >= 64 || (vb == 32 && avx)));
+        CHECK(flat3x3_fits<float, 2>(h, w, cout) == (vb >= 64));
+    }
+    if constexpr (vb == 32) CHECK(flat3x3_fits<double, 1>(32, 32, 8) == false);  // 8 KiB apart
+    if constexpr (vb == 32) CHECK(flat3x3_fits<double, 1>(24, 24, 8) == true);
+}
+
 TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes, NaN kept to its window",
           "[conv]") {
     // Calls the kernels themselves, in float and double, with bias, a residual and ReLU6 and with none
@@ -441,8 +457,8 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     // Planes narrower than a vector (several rows per vector), a little wider, wide, one row, one
     // column, one pixel; 1, 2, 10 and 11 outputs (the tiles of one row over several steps, of two
     // rows, a whole panel and a thin one: 10 leaves AVX's 6-row panels 4 rows, the tile of up to 4
-    // rows). Every plane runs flat (where the target has AVX-512: in place at stride 1, over
-    // unpadded phase planes at stride 2) and through padded phase planes. A NaN at the end of one
+    // rows). Every plane runs flat (in place at stride 1 with AVX or AVX-512, over unpadded phase
+    // planes at stride 2 with AVX-512) and through padded phase planes. A NaN at the end of one
     // input row and one at the start of another must reach exactly the outputs whose window holds
     // them, not the row that a tap one column off wraps onto in flat order.
     // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
@@ -466,6 +482,8 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
                 kernels::pack_direct_weights(wt.data(), cout, cin, 9, packed.data());
                 auto flat = kernels::direct_geometry<T, 3, 3, S>(cin, h, w, 1, 1, cout), planes = flat;
                 planes.same = false;
+                constexpr int vb = kernels::detail::vector_bytes;
+                CHECK(flat.same == (vb >= 64 || (vb == 32 && S == 1)));  // else both runs take the planes
                 for (const auto& g : {flat, planes}) {
                     std::vector<T> work(static_cast<std::size_t>(g.workspace(S))),
                         y(static_cast<std::size_t>(cout * ho * wo + 40), T(-99));  // 40 sentinels past the end

@@ -150,9 +150,10 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
             // 3 x N sums, 9 broadcast weights: AVX-512's 32 registers hold 3 vectors of outputs,
             // AVX2's 16 one (with 3 the sums spilled, and it ran 5 to 10 % slower)
             constexpr int N = detail::vector_bytes >= 64 ? 3 : 1;
-            const Index count = n;
+            const Index count = n;  // a local, as the tap pointers are
             Index f = 0;
-            for (; f + N * L <= count; f += N * L) vectors.template operator()<N>(f);
+            if constexpr (N > 1)
+                for (; f + N * L <= count; f += N * L) vectors.template operator()<N>(f);
             for (; f + L <= count; f += L) vectors.template operator()<1>(f);
             if (f < count) vectors.template operator()<1>(count - L);  // recomputes a few outputs, no partial vector
         },
@@ -167,9 +168,9 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
                       const T* bias, T* out, FusedActivation act = FusedActivation::none, const T* res = nullptr) {
     if (g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 && g.stride_h == g.stride_w) {
         constexpr Index L = detail::Lanes<T>::count;
-        // AVX-512 keeps flat planes to 32 wide, where they were measured; with AVX2 they ran 1.4x
-        // to 2.2x faster than the padded ones at every width from 14 to 112 (Zen 2)
-        const bool flat_width = detail::vector_bytes < 64 || g.out_w <= 32;
+        // AVX-512 (and SSE) keep flat planes to 32 wide, where they were measured; with AVX2 they
+        // ran 1.4x to 2.2x faster than the padded ones at every width from 14 to 112 (Zen 2)
+        const bool flat_width = detail::vector_bytes == 32 || g.out_w <= 32;
         if (g.pad_h == 1 && g.pad_w == 1 && flat_width && g.out_h * g.out_w >= L) {
             if (g.stride_h == 1) return depthwise_flat<T, 1>(in, out_channels, multiplier, g, w, bias, out, act, res);
             if (g.stride_h == 2) return depthwise_flat<T, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);

@@ -76,7 +76,7 @@ void store(T* p, const V& v) {
     *reinterpret_cast<typename Lanes<T>::unaligned*>(p) = v;
 }
 // Lane masks for a plane computed flat, in whole vectors of outputs from flat index f on (rows
-// w wide, n elements): left(f) clears the lanes of outputs at column 0 and right(f) those at
+// w wide, n elements, n a multiple of w): left(f) clears the lanes of outputs at column 0 and right(f) those at
 // column w - 1, whose left (right) neighbour in flat order lies on the row above (below).
 // Kernels read them through view(), a copy of two pointers that stays in registers (the
 // masks' own members would be reloaded after every store of a vector, which may alias).
@@ -145,6 +145,32 @@ struct DirectGeometry {
     }
 };
 
+namespace detail {
+// Whether a 3x3 conv of stride S and padding 1 may run flat (conv3x3_flat) on this target: at
+// stride 1 with AVX or AVX-512, at stride 2 with AVX-512 (AVX keeps the padded planes there,
+// not compared)
+template <int S>
+constexpr bool flat3x3_stride() {
+#if defined(__AVX__)
+    return S == 1 || (S == 2 && vector_bytes >= 64);
+#else
+    return false;
+#endif
+}
+// Whether such a conv of h x w channels and cout outputs runs flat. With AVX (Zen 2, against
+// the padded planes) flat won where the planes' copy weighs: 1.1-5x with up to 16 outputs,
+// 1.1-2x with up to 64 on planes up to 32 wide, and lost 1.05-1.25x with more outputs (64 at
+// 56 x 56, 128 at 7 x 7 and 28 x 28, 256 at 14 x 14). Channels a multiple of 4 KiB apart
+// (256 x 256, 128 x 128 floats) fall into the same cache sets read in place: 1.1-2x slower
+// there. AVX-512 takes every plane, as it did before (not measured on these shapes).
+template <class T, int S>
+bool flat3x3_fits(Index h, Index w, Index cout) {
+    if constexpr (!flat3x3_stride<S>()) return false;
+    if constexpr (vector_bytes >= 64) return true;
+    return (cout <= 16 || (w <= 32 && cout <= 64)) && (h * w * static_cast<Index>(sizeof(T))) % 4096 != 0;
+}
+}  // namespace detail
+
 /// Lays out a KH x KW, stride S direct convolution of `cin` channels of h x w (padding pad_h, pad_w).
 /// Output extents default to the windows that fit the padded input; pooling in ceil mode passes
 /// larger ones, whose windows read padding past the bottom and right edges.
@@ -162,16 +188,12 @@ DirectGeometry direct_geometry(Index cin, Index h, Index w, Index pad_h, Index p
     constexpr Index NR = direct_nr<T>();
     const Index steps = (g.flat + NR - 1) / NR;
     g.plane = std::max(g.hq * g.wq, steps * NR + (KH - 1) / S * g.wq + (KW - 1) / S);
-#if defined(__AVX__)
-    // with AVX (no AVX-512) at stride 1 only: with no copy into planes, pruned DenseNet's
-    // growth convs (32 inputs, 1 output at 56 x 56) ran 1.3x faster on Zen 2
-    g.same = KH == 3 && KW == 3 && (S == 1 || (S == 2 && detail::vector_bytes >= 64)) && pad_h == 1 && pad_w == 1 &&
-             g.out_h == (h - 1) / S + 1 && g.out_w == (w - 1) / S + 1;
+    g.same = KH == 3 && KW == 3 && pad_h == 1 && pad_w == 1 && g.out_h == (h - 1) / S + 1 &&
+             g.out_w == (w - 1) / S + 1 && detail::flat3x3_fits<T, S>(h, w, cout);
     // stride 2: per phase a margin of a row and one element, then the outputs' extent; a plane's
     // last step reads up to a step past its last output, into the next plane or, after the last
     // plane, into the slack (lanes whose outputs are not stored)
     if (g.same && S == 2) g.flat_plane = g.out_w + 1 + g.out_h * g.out_w, g.flat_slack = NR;
-#endif
     return g;
 }
 
@@ -377,9 +399,9 @@ using LaneMask = typename WrapMasks<T>::vector;
 template <class T>
 LaneMask<T> lane_bits(unsigned bits) {
     using B = typename WrapMasks<T>::Bits;
-    LaneMask<T> m;
-    for (int l = 0; l < Lanes<T>::count; ++l) m[l] = (bits >> l) & 1u ? ~B(0) : B(0);
-    return m;
+    LaneMask<T> bit;  // lane l: 1 << l
+    for (int l = 0; l < Lanes<T>::count; ++l) bit[l] = B(1) << l;
+    return ((LaneMask<T>{} + static_cast<B>(bits)) & bit) != 0;
 }
 inline VF load_masked(const float* p, LaneMask<float> m) {
     return reinterpret_cast<VF>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(m)));
@@ -623,7 +645,9 @@ template <class T, int S, int R, int N, bool Edge, class V>
     constexpr int L = Lanes<T>::count, MR = direct_tile_rows;
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < N; ++v) acc[r][v] = V{};
-    LaneMask<T> side[2][N];  // a copy GCC keeps in registers (read from m, the tile spilled)
+    // a local copy: with AVX-512 GCC keeps it in mask registers (read from m, the tile spilled);
+    // with AVX's 16 vector registers the tile takes them all and the masks are memory operands
+    LaneMask<T> side[2][N];
     for (int v = 0; v < N; ++v) side[0][v] = m.side[0][v], side[1][v] = m.side[1][v];
     for (Index c = 0; c < cin; ++c, x += channel) {
 #pragma GCC unroll 3
@@ -743,7 +767,7 @@ template <class T, int KH, int KW, int S>
 void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                  T* work, const T* res = nullptr) {
 #if defined(__AVX__)
-    if constexpr (KH == 3 && KW == 3 && (S == 1 || (S == 2 && detail::vector_bytes >= 64)))
+    if constexpr (KH == 3 && KW == 3 && detail::flat3x3_stride<S>())
         if (g.same) return detail::conv3x3_flat<T, S>(x, g, packed, bias, act, y, work, res);
 #endif
     // one task per channel and row phase: a stem's 3 channels still split evenly over 2 threads
