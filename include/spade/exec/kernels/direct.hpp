@@ -76,8 +76,9 @@ void store(T* p, const V& v) {
     *reinterpret_cast<typename Lanes<T>::unaligned*>(p) = v;
 }
 // Lane masks for a plane computed flat, in whole vectors of outputs from flat index f on (rows
-// w wide, n elements, n a multiple of w): left(f) clears the lanes of outputs at column 0 and right(f) those at
-// column w - 1, whose left (right) neighbour in flat order lies on the row above (below).
+// w wide, n elements, n a multiple of w): left(f) clears the lanes of outputs at column 0 and
+// right(f) those at column w - 1, whose left (right) neighbour in flat order lies on the row
+// above (below).
 // Kernels read them through view(), a copy of two pointers that stays in registers (the
 // masks' own members would be reloaded after every store of a vector, which may alias).
 template <class T>
