@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <memory>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "spade/core/threading.hpp"
@@ -132,12 +133,8 @@ public:
     /// A value computed by the last run (valid until the next run; buffers are reused,
     /// so only graph outputs and values still live at the end are guaranteed intact).
     TensorRef<const T> value(ValueId v) const {
-        if (plan_.buffer_of.at(static_cast<std::size_t>(v)) < 0) {
-            const auto& ins = graph_->inputs();
-            auto it = std::find(ins.begin(), ins.end(), v);
-            return inputs_.at(static_cast<std::size_t>(it - ins.begin()));
-        }
-        return {buffers_[plan_.buffer_of[v]].data() + plan_.offset_of[v], plan_.value_shapes[v]};
+        if (plan_.buffer_of.at(static_cast<std::size_t>(v)) < 0) return inputs_.at(input_index(v));
+        return in_buffer(plan_, buffers_, v);
     }
 
     /// The plan of the last run.
@@ -260,29 +257,35 @@ private:
     };
     std::vector<NodeRefs> node_refs(const ExecPlan& p, std::vector<std::vector<T>>& buffers) const {
         const auto& g = *graph_;
-        auto place = [&](ValueId v) -> TensorRef<T> {
-            const auto k = static_cast<std::size_t>(v);
-            return {buffers[static_cast<std::size_t>(p.buffer_of[k])].data() + p.offset_of[k], p.value_shapes[k]};
-        };
         std::vector<NodeRefs> refs(g.nodes().size());
         for (std::size_t i = 0; i < refs.size(); ++i) {
             const auto& n = g.nodes()[i];
             auto& r = refs[i];
             for (ValueId v : n.inputs) {
                 if (p.buffer_of[static_cast<std::size_t>(v)] >= 0) {
-                    r.in.push_back(place(v));
+                    r.in.push_back(in_buffer(p, buffers, v));
                     continue;
                 }
-                const auto& ins = g.inputs();  // a value without a buffer is a graph input
-                const auto at = std::find(ins.begin(), ins.end(), v);
-                assert(at != ins.end());
-                r.graph_inputs.emplace_back(r.in.size(), static_cast<std::size_t>(at - ins.begin()));
+                assert(input_index(v) < g.inputs().size());
+                r.graph_inputs.emplace_back(r.in.size(), input_index(v));
                 r.in.push_back({nullptr, p.value_shapes[static_cast<std::size_t>(v)]});
             }
-            for (ValueId v : n.outputs) r.out.push_back(place(v));
+            for (ValueId v : n.outputs) r.out.push_back(in_buffer(p, buffers, v));
             for (ParamId q : n.params) r.params.push_back(g.parameter(q).ref());
         }
         return refs;
+    }
+    // Where value v lies in `buffers` under plan p (a value the plan gave a buffer)
+    template <class Buffers>  // std::vector<std::vector<T>>, const or not
+    static auto in_buffer(const ExecPlan& p, Buffers& buffers, ValueId v) {
+        const auto k = static_cast<std::size_t>(v);
+        using E = std::remove_pointer_t<decltype(buffers[0].data())>;
+        return TensorRef<E>{buffers[static_cast<std::size_t>(p.buffer_of[k])].data() + p.offset_of[k], p.value_shapes[k]};
+    }
+    // Which graph input v is: a value without a buffer is one (the number of inputs if not)
+    std::size_t input_index(ValueId v) const {
+        const auto& ins = graph_->inputs();
+        return static_cast<std::size_t>(std::find(ins.begin(), ins.end(), v) - ins.begin());
     }
     // Runs every node in order, adding each node's wall time to (*seconds)[i] when given.
     void pass(std::vector<double>* seconds) {
