@@ -101,8 +101,11 @@ public:
     }
 
     // Runs body(i) for i in [0, n) on up to `threads` threads, this one included: contiguous
-    // equal shares, or (dynamic) one item at a time to whoever is free. Rethrows the first
-    // exception a share threw. Returns false, running nothing, if another thread holds the pool.
+    // equal shares, or (dynamic) one item at a time to whoever is free. A thread done with its
+    // share takes the items left at the end of another's, one at a time, so a core running
+    // slower (a cloud vCPU whose core is busy with another guest) does not hold the loop up.
+    // Rethrows the first exception a share threw. Returns false, running nothing, if another
+    // thread holds the pool.
     template <class F>
     bool run(long n, int threads, F& body, bool dynamic) {
         std::unique_lock<std::mutex> lock(owner_, std::try_to_lock);
@@ -114,6 +117,8 @@ public:
         threads_ = std::min(threads, static_cast<int>(workers_.size()) + 1);
         dynamic_ = dynamic;
         next_.store(0, std::memory_order_relaxed);
+        if (!dynamic)  // published by the signal below
+            for (int t = 0; t < threads_; ++t) shares_[t].set(n * t / threads_, n * (t + 1) / threads_);
         error_ = nullptr;
         pending_.store(threads_ - 1, std::memory_order_relaxed);
         // seq_cst, paired with the sleepers' count
@@ -156,13 +161,38 @@ private:
             }
         }
     }
+    // The items [lo, hi) of one thread's share not yet taken, in one word: its owner takes
+    // them from the front (lo, a fetch_add), others from the back (hi, a compare-exchange),
+    // so every item is taken once. Loops have fewer than 2^31 items (parallel_for's loops
+    // are far smaller; larger ones run serially).
+    struct alignas(64) Share {
+        std::atomic<std::uint64_t> range{0};
+        void set(long lo, long hi) {
+            range.store(static_cast<std::uint64_t>(hi) << 32 | static_cast<std::uint64_t>(lo), std::memory_order_relaxed);
+        }
+        long take_front() {
+            const std::uint64_t r = range.fetch_add(1, std::memory_order_relaxed);
+            const long lo = static_cast<long>(r & 0xffffffffu), hi = static_cast<long>(r >> 32);
+            return lo < hi ? lo : -1;  // lo passes hi by at most one: the owner stops there
+        }
+        long take_back() {
+            std::uint64_t r = range.load(std::memory_order_relaxed);
+            for (;;) {
+                const std::uint64_t lo = r & 0xffffffffu, hi = r >> 32;
+                if (lo >= hi) return -1;
+                if (range.compare_exchange_weak(r, (hi - 1) << 32 | lo, std::memory_order_relaxed))
+                    return static_cast<long>(hi - 1);
+            }
+        }
+    };
     void share(int t) noexcept {
         try {
             if (dynamic_) {
                 for (long i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) call_(body_, i);
             } else {
-                const long lo = n_ * t / threads_, hi = n_ * (t + 1) / threads_;
-                for (long i = lo; i < hi; ++i) call_(body_, i);
+                for (long i; (i = shares_[t].take_front()) >= 0;) call_(body_, i);
+                for (int k = 1; k < threads_; ++k)
+                    for (long i; (i = shares_[(t + k) % threads_].take_back()) >= 0;) call_(body_, i);
             }
         } catch (...) {
             std::lock_guard<std::mutex> g(error_lock_);
@@ -201,6 +231,7 @@ private:
     long n_ = 0;
     int threads_ = 1;
     bool dynamic_ = false;
+    Share shares_[max_threads];  // a static loop's shares
     std::exception_ptr error_;
     std::mutex error_lock_;
     alignas(64) std::atomic<long> next_{0};        // the next item of a dynamic loop
@@ -214,13 +245,14 @@ private:
 template <class F>
 bool run_parallel(long n, F& body, bool dynamic) {
     const int threads = static_cast<int>(std::min<long>(num_threads(), n));
-    return threads > 1 && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
+    return threads > 1 && n < (1l << 31) && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
 }
 
 }  // namespace detail
 
 /// Runs `body(i)` for i in [0, n), split across threads when the work is large enough
-/// (each thread a contiguous share). `work_per_item` is a rough cost estimate (e.g.
+/// (each thread a contiguous share; a thread done early takes items from the end of
+/// another's, so which thread runs an item is not fixed). `work_per_item` is a rough cost estimate (e.g.
 /// elements touched) used to keep tiny loops on one thread. Runs on the calling thread
 /// alone inside another loop or while another thread's loop holds the pool. An
 /// exception thrown by `body` is rethrown on the calling thread (the first one).
