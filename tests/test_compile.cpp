@@ -97,7 +97,8 @@ TEST_CASE("compile: Scale and BN chains fold, ReLU6 fuses, shared readers block 
 
 TEST_CASE("compile: a BatchNorm2d that cannot fold takes the ReLU after it (DenseNet)", "[compile]") {
     const auto g = test::zoo_model("densenet121");
-    const auto k = compile_for_inference(g);  // outputs checked against g with the other zoo models
+    // outputs checked against g with the other zoo models (there with the norms in the convs' input)
+    const auto k = compile_for_inference(g, {.fuse_input_norms = false});
     CHECK(count_type(g, "ReLU") == 121);
     CHECK(count_type(k, "ReLU") == 0);
     CHECK(count_type(k, "BatchNorm2d") == 62);  // norm1 of 58 layers, 3 transitions, norm5
@@ -113,11 +114,94 @@ TEST_CASE("compile: a BatchNorm2d that cannot fold takes the ReLU after it (Dens
     b.output(nn::conv2d(nn::relu6(nn::batch_norm2d(x, "bn"), "act"), "c", {.out_channels = 2, .kernel = 1}));
     auto h = std::move(b).build();
     test::randomize(h, 6);
-    const auto hk = compile_for_inference(h);
+    const auto hk = compile_for_inference(h, {.fuse_input_norms = false});
     check_same(h, hk, 1e-12);
     CHECK(count_type(hk, "ReLU6") == 0);
     CHECK(static_cast<const BatchNorm2d<double>&>(*hk.node(hk.node_id("bn")).op).options().activation ==
           FusedActivation::relu6);
+}
+
+TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the conv's input pass", "[compile]") {
+    // DenseNet: every dense layer's norm1 + relu1 joins its conv1; the transitions keep theirs
+    // (their conv runs after the pooling) and so does norm5 (read by the classifier's ReLU)
+    const auto g = test::zoo_model("densenet121");
+    const auto k = compile_for_inference(g);
+    CHECK(count_type(k, "BatchNorm2d") == 4);
+    const std::string layer = "features.denseblock2.denselayer5.";
+    CHECK_FALSE(k.has_node(layer + "norm1"));
+    const auto& conv1 = k.node(k.node_id(layer + "conv1"));
+    const auto& co = static_cast<const Conv2d<double>&>(*conv1.op).options();
+    CHECK(co.input_norm);
+    CHECK(co.input_activation == FusedActivation::relu);
+    CHECK(co.activation == FusedActivation::relu);  // norm2 folded, relu2 fused, as before
+    CHECK(conv1.params.size() == 4);                // weight, bias (norm2), input scale and shift
+    CHECK(k.parameter(conv1.params[2]).shape() == Shape{128 + 4 * 32});
+    CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id("features.transition2.conv")).op).options().input_norm);
+    // the compiled graph saves and loads with its fused convs
+    const auto again = graph_from_json<double>(graph_to_json(k), "compiled densenet");
+    CHECK(again.node(again.node_id(layer + "conv1")).op->attributes() == conv1.op->attributes());
+
+    // by hand (the executor without packed weights: the whole input mapped first, then the GEMM):
+    // ReLU6, none and ReLU, an affine and a plain norm, with and without the conv's bias; a second
+    // reader, a 3x3 or grouped conv, or a pooling run first keep the norm apart
+    GraphBuilder<double> b(5);
+    auto x = b.input("x", {2, 6, 7, 9});
+    auto fused_relu6 = nn::conv2d(nn::relu6(nn::batch_norm2d(x, "n1"), "a1"), "c1", {.out_channels = 5, .kernel = 1});
+    auto fused_none = nn::conv2d(nn::batch_norm2d(x, "n2", {.affine = false}), "c2", {.out_channels = 3, .kernel = 1, .bias = false});
+    auto norm3 = nn::relu(nn::batch_norm2d(x, "n3"), "a3");
+    auto read_twice = nn::add(nn::conv2d(norm3, "c3", {.out_channels = 6, .kernel = 1}), norm3, "sum3");
+    auto three = nn::conv2d(nn::relu(nn::batch_norm2d(x, "n4"), "a4"), "c4", {.out_channels = 3, .kernel = 3, .padding = 1});
+    auto grouped = nn::conv2d(nn::relu(nn::batch_norm2d(x, "n5"), "a5"), "c5", {.out_channels = 4, .kernel = 1, .groups = 2});
+    auto pooled = nn::avg_pool2d(nn::conv2d(nn::relu(nn::batch_norm2d(x, "n6"), "a6"), "c6", {.out_channels = 3, .kernel = 1}),
+                                 "p6", PoolOptions{.kernel = 2});
+    auto fused_relu = nn::conv2d(nn::relu(nn::batch_norm2d(x, "n7"), "a7"), "c7", {.out_channels = 2, .kernel = 1});
+    for (auto v : {fused_relu6, fused_none, read_twice, three, grouped, pooled, fused_relu}) b.output(v);
+    auto h = std::move(b).build();
+    test::randomize(h, 11);
+    const auto hk = compile_for_inference(h);
+    check_same(h, hk, 1e-12);
+    for (const auto& [c, act] : std::vector<std::pair<std::string, FusedActivation>>{
+             {"c1", FusedActivation::relu6}, {"c2", FusedActivation::none}, {"c7", FusedActivation::relu}}) {
+        INFO(c);
+        const auto& node = hk.node(hk.node_id(c));
+        CHECK(static_cast<const Conv2d<double>&>(*node.op).options().input_norm);
+        CHECK(static_cast<const Conv2d<double>&>(*node.op).options().input_activation == act);
+        CHECK(node.inputs[0] == hk.inputs()[0]);
+    }
+    for (const std::string n : {"n1", "n2", "n7"}) CHECK_FALSE(hk.has_node(n));
+    for (const std::string n : {"n3", "n4", "n5", "n6"}) CHECK(hk.has_node(n));
+    const auto off = compile_for_inference(h, {.fuse_input_norms = false});
+    CHECK(count_type(off, "BatchNorm2d") == 7);
+
+    // the pointwise kernel on packed weights (InferenceModel): a large plane, where each job maps
+    // its own block of pixels, and a 7 x 7 one, where the jobs share blocks and the input is mapped
+    // whole first; odd channel counts leave a partial panel of weights and a partial last step
+    for (const Shape& shape : {Shape{1, 61, 40, 43}, Shape{2, 37, 7, 7}}) {
+        INFO(shape);
+        GraphBuilder<double> pb(6);
+        auto px = pb.input("x", shape);
+        pb.output(nn::conv2d(nn::relu(nn::batch_norm2d(px, "n"), "a"), "c", {.out_channels = 19, .kernel = 1}));
+        auto pg = std::move(pb).build();
+        test::randomize(pg, 12);
+        const auto xs = inputs_for(pg);
+        const auto want = run_all(pg, xs);
+        InferenceModel<double> model(pg);
+        CHECK(model.compiled().has_node("n") == false);
+        CHECK(test::max_rel_err(model.forward(xs[0]), want[0]) < 1e-12);
+    }
+
+    // set by hand, a norm on a conv that is not 1x1 is refused with the node's name
+    Graph<double> bad;
+    const ValueId bx = bad.add_input("x", {1, 4, 6, 6});
+    const ParamId w = bad.add_parameter(Parameter<double>("w", Shape{2, 4, 3, 3}));
+    const ParamId sc = bad.add_parameter(Parameter<double>("s", Shape{4}));
+    const ParamId sh = bad.add_parameter(Parameter<double>("t", Shape{4}));
+    CHECK_THROWS_WITH(bad.add_node("conv3", std::make_unique<Conv2d<double>>(Conv2dOptions{.kernel = 3, .bias = false, .input_norm = true}),
+                                   {bx}, {w, sc, sh}),
+                      Catch::Contains("conv3") && Catch::Contains("input_norm needs a 1x1 conv"));
+    GraphBuilder<double> nb(1);
+    auto nx = nb.input("x", {1, 4, 6, 6});
+    CHECK_THROWS_AS(nn::conv2d(nx, "c", {.out_channels = 2, .kernel = 1, .input_norm = true}), GraphError);
 }
 
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {

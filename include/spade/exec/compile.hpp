@@ -13,6 +13,11 @@
 //     the order does not change the result (up to rounding), and the conv runs on
 //     the pooled plane (DenseNet's transitions: its MACs fall to a quarter). The
 //     pooling keeps its node name but now pools the conv's input;
+//   - a BatchNorm2d that cannot fold (DenseNet's pre-activation), with its fused
+//     activation, whose output only a 1x1 conv (stride 1, no padding, dilation or
+//     groups) reads goes into that conv's input pass (Conv2dOptions::input_norm): the
+//     conv maps each block of its input as it reads it, and the normalised tensor is
+//     never written out. Not where the conv runs after a pooling (above);
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -43,6 +48,7 @@ struct CompileOptions {
     bool fuse_activations = true;  ///< fuse ReLU / ReLU6 into the preceding Conv2d, ReLU into a preceding Add
     bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
     bool pool_first = true;        ///< run a 1x1 Conv2d after the AvgPool2d that follows it (see the file comment)
+    bool fuse_input_norms = true;  ///< fold a BatchNorm2d (and ReLU) that only feeds a 1x1 Conv2d into the conv's input pass
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
     bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
@@ -66,6 +72,29 @@ std::vector<int> param_uses(const Graph<T>& g) {
     for (const auto& node : g.nodes())
         for (ParamId p : node.params) ++n[static_cast<std::size_t>(p)];
     return n;
+}
+
+// The per-channel map y = a x + b of a BatchNorm2d (running statistics) or a per-channel Scale
+// node, for its `count` channels.
+template <Scalar T>
+void affine_of(const Graph<T>& g, const Node<T>& fn, Index count, std::vector<double>& a, std::vector<double>& b) {
+    a.assign(static_cast<std::size_t>(count), 1.0), b.assign(static_cast<std::size_t>(count), 0.0);
+    if (fn.op->type() == "Scale") {
+        const T* w = g.parameter(fn.params[0]).data();
+        for (Index c = 0; c < count; ++c) a[c] = static_cast<double>(w[c]);
+        return;
+    }
+    const auto& bn = static_cast<const BatchNorm2d<T>&>(*fn.op);
+    const bool affine = bn.options().affine;
+    const T* mean = g.parameter(fn.params[affine ? 2 : 0]).data();
+    const T* var = g.parameter(fn.params[affine ? 3 : 1]).data();
+    for (Index c = 0; c < count; ++c) {
+        const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + bn.options().eps);
+        const double gamma = affine ? static_cast<double>(g.parameter(fn.params[0]).data()[c]) : 1.0;
+        const double beta = affine ? static_cast<double>(g.parameter(fn.params[1]).data()[c]) : 0.0;
+        a[c] = gamma * inv;
+        b[c] = beta - static_cast<double>(mean[c]) * gamma * inv;
+    }
 }
 
 }  // namespace detail::compile
@@ -186,6 +215,29 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         while (alias[static_cast<std::size_t>(v)] != v) v = alias[static_cast<std::size_t>(v)];
         return v;
     };
+    // a BatchNorm2d (and its activation) whose output only a 1x1 conv reads, as its input, goes
+    // into that conv's input pass (not where the conv runs after a pooling: the norm and the
+    // activation must come first)
+    std::map<NodeId, NodeId> input_norm;  // conv -> norm
+    std::vector<char> norm_into_conv(n, 0);
+    for (std::size_t i = 0; i < n && o.fuse_input_norms; ++i) {
+        const auto& node = g.nodes()[i];
+        if (absorbed[i] || node.op->type() != "BatchNorm2d" ||
+            static_cast<const BatchNorm2d<T>&>(*node.op).options().activation != FusedActivation::none)
+            continue;
+        const auto plan = plans.find(static_cast<NodeId>(i));
+        const ValueId v = g.node(plan == plans.end() ? static_cast<NodeId>(i) : plan->second.last).outputs[0];
+        const NodeId r = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
+        if (r < 0 || absorbed[static_cast<std::size_t>(r)] || g.node(r).op->type() != "Conv2d" || g.node(r).inputs[0] != v)
+            continue;
+        const auto& co = static_cast<const Conv2d<T>&>(*g.node(r).op).options();
+        const auto conv_plan = plans.find(r);
+        if (co.kernel != Pair2{1} || co.stride != Pair2{1} || co.padding != Pair2{0} || co.dilation != Pair2{1} ||
+            co.groups != 1 || co.residual || co.input_norm || conv_plan == plans.end() || conv_plan->second.pool >= 0)
+            continue;
+        input_norm[r] = static_cast<NodeId>(i);
+        norm_into_conv[i] = 1;
+    }
 
     Graph<T> out;
     std::vector<ValueId> map(g.values().size(), -1);
@@ -204,6 +256,10 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const auto& node = g.nodes()[i];
         std::vector<ValueId> in;
         for (ValueId v : node.inputs) in.push_back(map[static_cast<std::size_t>(resolve(v))]);
+        if (norm_into_conv[i]) {  // its conv reads its input
+            map[static_cast<std::size_t>(node.outputs[0])] = in[0];
+            continue;
+        }
         std::unique_ptr<Op<T>> op;
         std::vector<ParamId> params;
         if (it == plans.end()) {
@@ -225,25 +281,9 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             std::vector<double> scale(static_cast<std::size_t>(cout), 1.0), shift(static_cast<std::size_t>(cout), 0.0);
             if (co.bias)
                 for (Index c = 0; c < cout; ++c) shift[c] = static_cast<double>(g.parameter(node.params[1]).data()[c]);
+            std::vector<double> a, b;
             for (NodeId f : it->second.folded) {  // y -> a y + b, composed in order
-                const auto& fn = g.node(f);
-                std::vector<double> a(static_cast<std::size_t>(cout), 1.0), b(static_cast<std::size_t>(cout), 0.0);
-                if (fn.op->type() == "Scale") {
-                    const T* w = g.parameter(fn.params[0]).data();
-                    for (Index c = 0; c < cout; ++c) a[c] = static_cast<double>(w[c]);
-                } else {
-                    const auto& bn = static_cast<const BatchNorm2d<T>&>(*fn.op);
-                    const bool affine = bn.options().affine;
-                    const T* mean = g.parameter(fn.params[affine ? 2 : 0]).data();
-                    const T* var = g.parameter(fn.params[affine ? 3 : 1]).data();
-                    for (Index c = 0; c < cout; ++c) {
-                        const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + bn.options().eps);
-                        const double gamma = affine ? static_cast<double>(g.parameter(fn.params[0]).data()[c]) : 1.0;
-                        const double beta = affine ? static_cast<double>(g.parameter(fn.params[1]).data()[c]) : 0.0;
-                        a[c] = gamma * inv;
-                        b[c] = beta - static_cast<double>(mean[c]) * gamma * inv;
-                    }
-                }
+                affine_of(g, g.node(f), cout, a, b);
                 for (Index c = 0; c < cout; ++c) scale[c] *= a[c], shift[c] = a[c] * shift[c] + b[c];
             }
             const bool folded = !it->second.folded.empty();
@@ -268,6 +308,19 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 params = {out.add_parameter(std::move(w)), out.add_parameter(std::move(bias))};
             } else {
                 for (ParamId p : node.params) params.push_back(copy_param(p));
+            }
+            if (const auto pre = input_norm.find(static_cast<NodeId>(i)); pre != input_norm.end()) {
+                const auto& bn = g.node(pre->second);
+                const Index cin = g.value(bn.outputs[0]).shape[1];
+                affine_of(g, bn, cin, a, b);
+                Parameter<T> in_scale(node.name + ".input_scale", Shape{cin}), in_shift(node.name + ".input_shift", Shape{cin});
+                for (Index c = 0; c < cin; ++c)
+                    in_scale.data()[c] = static_cast<T>(a[c]), in_shift.data()[c] = static_cast<T>(b[c]);
+                params.push_back(out.add_parameter(std::move(in_scale)));
+                params.push_back(out.add_parameter(std::move(in_shift)));
+                co.input_norm = true;
+                const auto norm_plan = plans.find(pre->second);
+                co.input_activation = norm_plan == plans.end() ? FusedActivation::none : norm_plan->second.act;
             }
             op = std::make_unique<Conv2d<T>>(co);
         }

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -216,15 +217,77 @@ void pack_direct_weights(const T* w, Index cout, Index cin, int taps, T* packed)
 }
 
 namespace detail {
-// dst[0, L) = the even lanes of a, then those of b (GCC 12 and Clang both have __builtin_shufflevector)
-template <class T, class V, std::size_t... I>
-void store_even_lanes(const V& a, const V& b, T* dst, std::index_sequence<I...>) {
-    store(dst, __builtin_shufflevector(a, b, (2 * I)...));
+#if defined(__AVX__)
+// Lane masks on the vector types above: loads and stores of the lanes a mask sets (the others
+// read as zero, and are never touched in memory: a masked-off lane past an array's end does
+// not fault). AVX-512 keeps them in mask registers, AVX in vectors of all-ones lanes (what
+// vmaskmov reads); lane_bits makes either from bit l for lane l.
+using VF = Lanes<float>::type;
+using VD = Lanes<double>::type;
+#if defined(__AVX512F__)
+template <class T>
+using LaneMask = std::conditional_t<sizeof(T) == 8, __mmask8, __mmask16>;
+template <class T>
+LaneMask<T> lane_bits(unsigned bits) {
+    return LaneMask<T>(bits);
 }
-// dst[0, L) = the odd lanes of a, then those of b
-template <class T, class V, std::size_t... I>
-void store_odd_lanes(const V& a, const V& b, T* dst, std::index_sequence<I...>) {
-    store(dst, __builtin_shufflevector(a, b, (2 * I + 1)...));
+inline VF load_masked(const float* p, __mmask16 m) { return reinterpret_cast<VF>(_mm512_maskz_loadu_ps(m, p)); }
+inline VD load_masked(const double* p, __mmask8 m) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(m, p)); }
+inline void store_masked(float* p, __mmask16 m, const VF& v) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
+inline void store_masked(double* p, __mmask8 m, const VD& v) { _mm512_mask_storeu_pd(p, m, reinterpret_cast<__m512d>(v)); }
+// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read
+template <class T>
+typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
+    return load_masked(p, m);
+}
+#else
+template <class T>
+using LaneMask = typename WrapMasks<T>::vector;
+template <class T>
+LaneMask<T> lane_bits(unsigned bits) {
+    using B = typename WrapMasks<T>::Bits;
+    LaneMask<T> bit;  // lane l: 1 << l
+    for (int l = 0; l < Lanes<T>::count; ++l) bit[l] = B(1) << l;
+    return ((LaneMask<T>{} + static_cast<B>(bits)) & bit) != 0;
+}
+inline VF load_masked(const float* p, LaneMask<float> m) {
+    return reinterpret_cast<VF>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(m)));
+}
+inline VD load_masked(const double* p, LaneMask<double> m) {
+    return reinterpret_cast<VD>(_mm256_maskload_pd(p, reinterpret_cast<__m256i>(m)));
+}
+inline void store_masked(float* p, LaneMask<float> m, const VF& v) {
+    _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256>(v));
+}
+inline void store_masked(double* p, LaneMask<double> m, const VD& v) {
+    _mm256_maskstore_pd(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256d>(v));
+}
+// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read: a load and an AND
+// (vmaskmov loads take longer on Zen)
+template <class T>
+typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
+    using V = typename Lanes<T>::type;
+    return reinterpret_cast<V>(reinterpret_cast<LaneMask<T>>(load(p)) & m);
+}
+#endif
+// bits [lo, hi) set, both clamped to [0, L)
+template <class T>
+unsigned lane_range_bits(Index lo, Index hi) {
+    constexpr Index L = Lanes<T>::count;
+    lo = std::clamp<Index>(lo, 0, L), hi = std::clamp<Index>(hi, lo, L);
+    return ((1u << hi) - 1) & ~((1u << lo) - 1);
+}
+// lanes [lo, hi) of a vector of T, both clamped to [0, L)
+template <class T>
+LaneMask<T> lane_range(Index lo, Index hi) {
+    return lane_bits<T>(lane_range_bits<T>(lo, hi));
+}
+#endif
+// The even lanes of a, then those of b; pick_lanes<1> the odd ones (GCC 12 and Clang both have
+// __builtin_shufflevector)
+template <int Odd, class V, std::size_t... I>
+[[gnu::always_inline]] inline V pick_lanes(const V& a, const V& b, std::index_sequence<I...>) {
+    return __builtin_shufflevector(a, b, (2 * I + Odd)...);
 }
 
 // even[k] = src[2 k] for k < ceil(n / 2) and, if odd is not null, odd[k] = src[2 k + 1] for k < floor(n / 2).
@@ -238,11 +301,22 @@ void split_even_odd(const T* src, Index n, T* even, T* odd) {
     if constexpr (vector_bytes >= 64) {
         using V = typename Lanes<T>::type;
         constexpr int L = Lanes<T>::count;
+        constexpr auto lanes = std::make_index_sequence<L>{};
         for (; 2 * k + 2 * L <= n; k += L) {
             const V a = load(src + 2 * k), b = load(src + 2 * k + L);
-            store_even_lanes(a, b, even + k, std::make_index_sequence<L>{});
-            if (odd) store_odd_lanes(a, b, odd + k, std::make_index_sequence<L>{});
+            store(even + k, pick_lanes<0>(a, b, lanes));
+            if (odd) store(odd + k, pick_lanes<1>(a, b, lanes));
         }
+#if defined(__AVX512F__)
+        // the rest (all of a row up to 2 L long) in one step under masks, not element by
+        // element: masked-off lanes are never read or written
+        if (const Index m = n - 2 * k; m > 0) {
+            const V a = load_masked(src + 2 * k, lane_range<T>(0, m)), b = load_masked(src + 2 * k + L, lane_range<T>(0, m - L));
+            store_masked(even + k, lane_range<T>(0, (m + 1) / 2), pick_lanes<0>(a, b, lanes));
+            if (odd) store_masked(odd + k, lane_range<T>(0, m / 2), pick_lanes<1>(a, b, lanes));
+            k += (m + 1) / 2;
+        }
+#endif
     } else {
         typedef T H __attribute__((vector_size(16), aligned(alignof(T)), may_alias));
         constexpr Index h = 16 / static_cast<Index>(sizeof(T));
@@ -372,70 +446,6 @@ void store_flat(const T* out, Index f0, Index count, const DirectGeometry& g, T 
 }
 
 #if defined(__AVX__)
-// Lane masks on the vector types above: loads and stores of the lanes a mask sets (the others
-// read as zero, and are never touched in memory: a masked-off lane past an array's end does
-// not fault). AVX-512 keeps them in mask registers, AVX in vectors of all-ones lanes (what
-// vmaskmov reads); lane_bits makes either from bit l for lane l.
-using VF = Lanes<float>::type;
-using VD = Lanes<double>::type;
-#if defined(__AVX512F__)
-template <class T>
-using LaneMask = std::conditional_t<sizeof(T) == 8, __mmask8, __mmask16>;
-template <class T>
-LaneMask<T> lane_bits(unsigned bits) {
-    return LaneMask<T>(bits);
-}
-inline VF load_masked(const float* p, __mmask16 m) { return reinterpret_cast<VF>(_mm512_maskz_loadu_ps(m, p)); }
-inline VD load_masked(const double* p, __mmask8 m) { return reinterpret_cast<VD>(_mm512_maskz_loadu_pd(m, p)); }
-inline void store_masked(float* p, __mmask16 m, const VF& v) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
-inline void store_masked(double* p, __mmask8 m, const VD& v) { _mm512_mask_storeu_pd(p, m, reinterpret_cast<__m512d>(v)); }
-// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read
-template <class T>
-typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
-    return load_masked(p, m);
-}
-#else
-template <class T>
-using LaneMask = typename WrapMasks<T>::vector;
-template <class T>
-LaneMask<T> lane_bits(unsigned bits) {
-    using B = typename WrapMasks<T>::Bits;
-    LaneMask<T> bit;  // lane l: 1 << l
-    for (int l = 0; l < Lanes<T>::count; ++l) bit[l] = B(1) << l;
-    return ((LaneMask<T>{} + static_cast<B>(bits)) & bit) != 0;
-}
-inline VF load_masked(const float* p, LaneMask<float> m) {
-    return reinterpret_cast<VF>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(m)));
-}
-inline VD load_masked(const double* p, LaneMask<double> m) {
-    return reinterpret_cast<VD>(_mm256_maskload_pd(p, reinterpret_cast<__m256i>(m)));
-}
-inline void store_masked(float* p, LaneMask<float> m, const VF& v) {
-    _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256>(v));
-}
-inline void store_masked(double* p, LaneMask<double> m, const VD& v) {
-    _mm256_maskstore_pd(p, reinterpret_cast<__m256i>(m), reinterpret_cast<__m256d>(v));
-}
-// p[0, L) with the lanes m clears zero, where all of p[0, L) may be read: a load and an AND
-// (vmaskmov loads take longer on Zen)
-template <class T>
-typename Lanes<T>::type load_kept(const T* p, LaneMask<T> m) {
-    using V = typename Lanes<T>::type;
-    return reinterpret_cast<V>(reinterpret_cast<LaneMask<T>>(load(p)) & m);
-}
-#endif
-// bits [lo, hi) set, both clamped to [0, L)
-template <class T>
-unsigned lane_range_bits(Index lo, Index hi) {
-    constexpr Index L = Lanes<T>::count;
-    lo = std::clamp<Index>(lo, 0, L), hi = std::clamp<Index>(hi, lo, L);
-    return ((1u << hi) - 1) & ~((1u << lo) - 1);
-}
-// lanes [lo, hi) of a vector of T, both clamped to [0, L)
-template <class T>
-LaneMask<T> lane_range(Index lo, Index hi) {
-    return lane_bits<T>(lane_range_bits<T>(lo, hi));
-}
 // store_vector under a mask: the lanes k sets of y = act(acc + bias + res); `res` may be null
 template <class T, class V>
 [[gnu::always_inline]] inline void store_vector_masked(const V& acc, T bias, FusedClamp<T> act, T* y, const T* res,
@@ -831,6 +841,32 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
     detail::run_direct_tiles((g.flat + NR - 1) / NR, g.cout, NR * g.cin * S * S, g.cin * taps * MR * NR, tile);
 }
 
+/// A per-channel affine map and activation applied to a conv's input as it is read: x[c] ->
+/// act(scale[c] x[c] + shift[c]), a BatchNorm2d (and ReLU) before a 1x1 conv, folded into the
+/// conv's input pass by the inference compile step.
+template <class T>
+struct InputNorm {
+    const T* scale;
+    const T* shift;
+    FusedActivation act;
+    /// dst[(c - c0) m + k] = the map of x[c n + lo + k] for channels [c0, c1) and pixels
+    /// [lo, hi) of an image x [cin, n], m = hi - lo.
+    void apply(const T* x, Index n, Index c0, Index c1, Index lo, Index hi, T* dst) const {
+        const FusedClamp<T> clamp(act);
+        const Index m = hi - lo;
+        for (Index c = c0; c < c1; ++c) {
+            const T a = scale[c], b = shift[c];
+            const T* src = x + c * n + lo;
+            T* d = dst + (c - c0) * m;
+            for (Index k = 0; k < m; ++k) d[k] = clamp(a * src[k] + b);
+        }
+    }
+    /// dst [cin, n] = the map of all of x [cin, n], a channel per task.
+    void apply_image(const T* x, Index cin, Index n, T* dst) const {
+        parallel_for(cin, [&](long c) { apply(x, n, c, c + 1, 0, n, dst + c * n); }, n);
+    }
+};
+
 /// y[o] = act(bias[o] + sum_c w[o, c] x[c] + res[o]) for a 1x1 convolution of one image read in
 /// place: x [cin, n] (n >= direct_nr pixels), y and res (optional) [cout, n]; `packed` comes from
 /// pack_direct_weights with one tap. The last step of a plane is shifted back to end at n, so
@@ -844,9 +880,13 @@ void conv_direct(const T* x, const DirectGeometry& g, const T* packed, const T* 
 /// 6 x 2 tile (Zen 2) 1.1-1.7x on all but one (2048 -> 512 at 7x7: 0.98x); with AVX2's
 /// old 4 x 2 tile only up to 16 output channels (1.06-1.5x) or up to 32 inputs (1.3x),
 /// the rule that remains for weights not pre-packed. Conv2d picks.
+/// With `norm`, the conv reads norm's map of x: each job maps its block into an L1-sized slice
+/// of its own, which every panel then reads, so the mapped image is never written out whole;
+/// where jobs share blocks (small planes) the whole image is mapped once into `work` (cin x n
+/// elements, needed then) first.
 template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
-                    T* y, const T* res = nullptr) {
+                    T* y, const T* res = nullptr, const InputNorm<T>* norm = nullptr, T* work = nullptr) {
     using V = typename detail::Lanes<T>::type;
     constexpr int MR = direct_mr, NV = detail::direct_vectors;
     constexpr Index NR = direct_nr<T>();
@@ -855,18 +895,33 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
     const Index blocks = std::max<Index>(1, (steps - 1) / block);  // the last block takes the rest, two steps or more
     // too few blocks to keep every thread busy (small planes): the panels split into groups as well
     const Index groups = std::clamp<Index>((4 * num_threads() + blocks - 1) / blocks, 1, panels);
+    if (norm && groups > 1) {
+        norm->apply_image(x, cin, n, work);
+        return conv_pointwise(work, cin, n, cout, packed, bias, act, y, res);
+    }
+    std::optional<ThreadScratch<T>> mapped;  // a block's mapped input per thread (the last block has the most pixels)
+    if (norm) mapped.emplace(static_cast<std::size_t>(cin * (n - (blocks - 1) * block * NR)));
     const FusedClamp<T> clamp(act);
     parallel_for(
         blocks * groups,
         [&](long job) {
             const Index b = job / groups, group = job % groups;
             const Index s0 = b * block, s1 = b + 1 == blocks ? steps : s0 + block;
+            const T* in = x;  // pixel f of channel c at in[c * ld + f - lo]
+            Index ld = n, lo = 0;
+            if (norm) {
+                const Index hi = s1 == steps ? n : s1 * NR;
+                lo = s0 * NR, ld = hi - lo;
+                T* slice = mapped->slice();
+                norm->apply(x, n, 0, cin, lo, hi, slice);
+                in = slice;
+            }
             for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p) {
                 const Index rows = std::min<Index>(MR, cout - p * MR);
                 for (Index s = s0; s < s1; ++s) {
                     const Index f0 = std::min(s * NR, n - NR);
                     V acc[MR][NV];
-                    detail::direct_tile<T, 1, 1, 1>(x + f0, cin, n, n, n, packed + p * cin * MR, acc);
+                    detail::direct_tile<T, 1, 1, 1>(in + f0 - lo, cin, ld, ld, ld, packed + p * cin * MR, acc);
                     detail::store_tile(acc, rows, p * MR, bias, clamp, y, res, n, f0);
                 }
             }

@@ -58,9 +58,11 @@ inline const char* fused_activation_name(FusedActivation a) {
     }
 }
 
-/// Reads attribute "activation" of op `op` (absent means none); throws FormatError on an unknown name.
-inline FusedActivation fused_activation_from(const Attributes& a, const std::string& op) {
-    const auto name = a.get_or<std::string>(op, "activation", "none");
+/// Reads attribute `key` ("activation" by default) of op `op` (absent means none); throws
+/// FormatError on an unknown name.
+inline FusedActivation fused_activation_from(const Attributes& a, const std::string& op,
+                                             const std::string& key = "activation") {
+    const auto name = a.get_or<std::string>(op, key, "none");
     if (name == "none") return FusedActivation::none;
     if (name == "relu") return FusedActivation::relu;
     if (name == "relu6") return FusedActivation::relu6;

@@ -23,6 +23,12 @@ struct Conv2dOptions {
     /// y = act(W (*) x + b + r) with r, shaped like y, the node's second input: a residual
     /// addition fused into the conv's output pass (inference compile step).
     bool residual = false;
+    /// x -> input_activation(a x + b) per input channel before the conv, with a and b the
+    /// parameters after the weight and bias (input_scale, input_shift): a BatchNorm2d (and
+    /// ReLU) before a 1x1 conv of stride 1 without padding or groups, folded into the conv's
+    /// input pass (inference compile step).
+    bool input_norm = false;
+    FusedActivation input_activation = FusedActivation::none;
 };
 
 /// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
@@ -44,7 +50,9 @@ public:
                                     .groups = a.get<Index>(op, "groups"),
                                     .bias = a.get<bool>(op, "bias"),
                                     .activation = fused_activation_from(a, op),
-                                    .residual = a.get_or<bool>(op, "residual", false)});
+                                    .residual = a.get_or<bool>(op, "residual", false),
+                                    .input_norm = a.get_or<bool>(op, "input_norm", false),
+                                    .input_activation = fused_activation_from(a, op, "input_activation")});
     }
 
     std::string type() const override { return "Conv2d"; }
@@ -55,11 +63,16 @@ public:
         a.set("dilation", o_.dilation.vec()).set("groups", o_.groups).set("bias", o_.bias);
         if (o_.activation != FusedActivation::none) a.set("activation", std::string(fused_activation_name(o_.activation)));
         if (o_.residual) a.set("residual", true);
+        if (o_.input_norm) a.set("input_norm", true);
+        if (o_.input_activation != FusedActivation::none)
+            a.set("input_activation", std::string(fused_activation_name(o_.input_activation)));
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
-        if (o_.bias) return {{"weight"}, {"bias"}};
-        return {{"weight"}};
+        std::vector<ParamRole> r{{"weight"}};
+        if (o_.bias) r.push_back({"bias"});
+        if (o_.input_norm) r.insert(r.end(), {{"input_scale"}, {"input_shift"}});
+        return r;
     }
 
     /// Output channels are the weight's rows (and the bias). A plain conv consumes its
@@ -72,6 +85,8 @@ public:
         r.same(out, ChannelAxis::param(0, 0, "out"));
         if (o_.bias) r.same(out, ChannelAxis::param(1, 0));
         if (o_.residual) r.same(out, ChannelAxis::input(1));
+        if (o_.input_norm)
+            for (std::size_t p : {norm_param(), norm_param() + 1}) r.same(in, ChannelAxis::param(p, 0));
         const Index cin = r.inputs()[0][1];
         if (o_.groups == 1) {
             r.same(in, ChannelAxis::param(0, 1, "in"));
@@ -105,6 +120,14 @@ public:
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): input channels ", x[1], " and output channels ", cout,
                              " must both be divisible by groups ", o_.groups);
         if (o_.bias) ctx.expect_param("Conv2d", 1, "bias", Shape{cout});
+        if (o_.input_norm) {
+            if (o_.kernel != Pair2{1} || o_.stride != Pair2{1} || o_.padding != Pair2{0} || o_.dilation != Pair2{1} ||
+                o_.groups != 1)
+                fail<ShapeError>("node '", ctx.node, "' (Conv2d): input_norm needs a 1x1 conv of stride 1 without padding, ",
+                                 "dilation or groups");
+            ctx.expect_param("Conv2d", norm_param(), "input_scale", Shape{x[1]});
+            ctx.expect_param("Conv2d", norm_param() + 1, "input_shift", Shape{x[1]});
+        }
         auto g = geometry(x, ctx.node);
         Shape y{x[0], cout, g.out_h, g.out_w};
         if (o_.residual && ctx.inputs[1] != y)
@@ -121,6 +144,7 @@ public:
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
+        if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
         if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
             return with_direct(d, [&]<int K, int S>() {
@@ -152,15 +176,22 @@ public:
         const Index k = cin_g * g.kernel_h * g.kernel_w;
         std::vector<T> local;  // direct-kernel weights when not pre-packed
         const auto* pre = dynamic_cast<const Packed*>(ctx.packed);
+        const kernels::InputNorm<T> norm{o_.input_norm ? ctx.params[norm_param()].data : nullptr,
+                                         o_.input_norm ? ctx.params[norm_param() + 1].data : nullptr, o_.input_activation};
+        const Direct d = direct(g, cin, cout, pre != nullptr);
         for (Index b = 0; b < n; ++b) {
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
             const T* rb = o_.residual ? ctx.inputs[1].data + b * cout * plane_out : nullptr;
+            if (o_.input_norm && d != Direct::k1) {  // map the whole image first (the pointwise kernel maps as it reads)
+                norm.apply_image(xb, cin, plane_in, ctx.workspace.data());
+                xb = ctx.workspace.data();
+            }
             if (depthwise(cin, w.shape)) {
                 kernels::depthwise_conv2d(xb, cout, cout / cin, g, w.data, bias, yb, o_.activation, rb);
                 continue;
             }
-            if (const Direct d = direct(g, cin, cout, pre != nullptr); d != Direct::none) {
+            if (d != Direct::none) {
                 const T* packed = pre ? pre->weights.data() : nullptr;
                 if (!packed) {  // not pre-packed: pack once for the whole batch
                     local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, int(k / cin))));
@@ -168,7 +199,8 @@ public:
                     packed = local.data();
                 }
                 if (d == Direct::k1) {
-                    kernels::conv_pointwise(xb, cin, plane_in, cout, packed, bias, o_.activation, yb, rb);
+                    kernels::conv_pointwise(xb, cin, plane_in, cout, packed, bias, o_.activation, yb, rb,
+                                            o_.input_norm ? &norm : nullptr, ctx.workspace.data());
                     continue;
                 }
                 with_direct(d, [&]<int K, int S>() {
@@ -194,6 +226,7 @@ public:
 
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
+    std::size_t norm_param() const { return o_.bias ? 2 : 1; }  // input_scale, then input_shift
 
     struct Packed : PackedParams {
         std::vector<T> weights;  // panels of kernels::pack_direct_weights
@@ -318,8 +351,9 @@ template <Scalar T>
 Var<T> conv2d(Var<T> x, const std::string& name, const Conv2dOptions& o) {
     const Index cin = x.channels();
     if (o.out_channels < 1) fail<ShapeError>("conv2d '", name, "': out_channels must be >= 1");
-    if (o.residual)
-        fail<GraphError>("conv2d '", name, "': residual is set by the inference compile step; add the residual with nn::add");
+    if (o.residual || o.input_norm)
+        fail<GraphError>("conv2d '", name, "': residual and input_norm are set by the inference compile step; add the ",
+                         "residual with nn::add, the norm with nn::batch_norm2d");
     if (cin % o.groups != 0)
         fail<ShapeError>("conv2d '", name, "': input channels ", cin, " not divisible by groups ", o.groups);
     const double fan_in = static_cast<double>(cin / o.groups * o.kernel.h * o.kernel.w);
