@@ -1,5 +1,6 @@
 // The inference compile step: folded and fused copies compute what the
 // training graph computes, and a compiled model never runs a stale copy.
+#include "io_fixtures.hpp"
 #include "prune_fixtures.hpp"
 
 using namespace spade;
@@ -137,9 +138,19 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
     CHECK(conv1.params.size() == 4);                // weight, bias (norm2), input scale and shift
     CHECK(k.parameter(conv1.params[2]).shape() == Shape{128 + 4 * 32});
     CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id("features.transition2.conv")).op).options().input_norm);
-    // the compiled graph saves and loads with its fused convs
-    const auto again = graph_from_json<double>(graph_to_json(k), "compiled densenet");
+    // the compiled graph saves and loads with its fused convs, and computes the same
+    const test::TempDir dir;
+    save_graph(k, dir / "k.json", dir / "k.safetensors");
+    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
     CHECK(again.node(again.node_id(layer + "conv1")).op->attributes() == conv1.op->attributes());
+    check_same(k, again, 1e-15);  // the same weights through the same kernels
+    // compiled again: convs that map their input keep the map, and keep their pooling after them
+    // (DenseNet's transitions, whose norms join the convs when the pooling stays last)
+    const auto kept = compile_for_inference(g, {.pool_first = false});
+    CHECK(static_cast<const Conv2d<double>&>(*kept.node(kept.node_id("features.transition2.conv")).op).options().input_norm);
+    const auto twice = compile_for_inference(kept);
+    CHECK(twice.node_id("features.transition2.pool") > twice.node_id("features.transition2.conv"));
+    check_same(kept, twice, 1e-10);
 
     // by hand (the executor without packed weights: the whole input mapped first, then the GEMM):
     // ReLU6, none and ReLU, an affine and a plain norm, with and without the conv's bias; a second
@@ -172,10 +183,24 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
     for (const std::string n : {"n3", "n4", "n5", "n6"}) CHECK(hk.has_node(n));
     const auto off = compile_for_inference(h, {.fuse_input_norms = false});
     CHECK(count_type(off, "BatchNorm2d") == 7);
+    // a norm after such a conv, folded in a second compile: the conv keeps its input map
+    GraphBuilder<double> fb(7);
+    auto fx = fb.input("x", {1, 5, 6, 6});
+    fb.output(nn::batch_norm2d(nn::conv2d(nn::relu(nn::batch_norm2d(fx, "n"), "a"), "c", {.out_channels = 4, .kernel = 1}),
+                               "after"));
+    auto fg = std::move(fb).build();
+    test::randomize(fg, 13);
+    const auto first = compile_for_inference(fg, {.fold_norms = false});
+    CHECK(first.has_node("after"));
+    const auto second = compile_for_inference(first);
+    CHECK_FALSE(second.has_node("after"));
+    CHECK(static_cast<const Conv2d<double>&>(*second.node(second.node_id("c")).op).options().input_norm);
+    check_same(fg, second, 1e-12);
 
     // the pointwise kernel on packed weights (InferenceModel): a large plane, where each job maps
     // its own block of pixels, and a 7 x 7 one, where the jobs share blocks and the input is mapped
     // whole first; odd channel counts leave a partial panel of weights and a partial last step
+    const ThreadCountScope two(2);  // so that the large plane has a block per job
     for (const Shape& shape : {Shape{1, 61, 40, 43}, Shape{2, 37, 7, 7}}) {
         INFO(shape);
         GraphBuilder<double> pb(6);
@@ -199,6 +224,10 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
     CHECK_THROWS_WITH(bad.add_node("conv3", std::make_unique<Conv2d<double>>(Conv2dOptions{.kernel = 3, .bias = false, .input_norm = true}),
                                    {bx}, {w, sc, sh}),
                       Catch::Contains("conv3") && Catch::Contains("input_norm needs a 1x1 conv"));
+    CHECK_THROWS_WITH(bad.add_node("act", std::make_unique<Conv2d<double>>(Conv2dOptions{.kernel = 3, .bias = false,
+                                                                                          .input_activation = FusedActivation::relu}),
+                                   {bx}, {w}),
+                      Catch::Contains("act") && Catch::Contains("input_activation is set without input_norm"));
     GraphBuilder<double> nb(1);
     auto nx = nb.input("x", {1, 4, 6, 6});
     CHECK_THROWS_AS(nn::conv2d(nx, "c", {.out_channels = 2, .kernel = 1, .input_norm = true}), GraphError);
@@ -207,7 +236,7 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {
     // DenseNet: BN + ReLU -> 1x1 conv -> 2x2 average pooling in each of its 3 transitions
     const auto g = test::zoo_model("densenet121");
-    const auto k = compile_for_inference(g), kept = compile_for_inference(g, {.pool_first = false});
+    const auto k = compile_for_inference(g), kept = compile_for_inference(g, {.pool_first = false, .fuse_input_norms = false});
     const auto macs_k = count(k).layers, macs_kept = count(kept).layers;
     auto macs_of = [](const std::vector<LayerCount>& layers, const std::string& name) {
         for (const auto& l : layers)

@@ -80,15 +80,19 @@ TEST_CASE("ThreadScratch gives each thread its own cache lines, set to the initi
                 CHECK(reinterpret_cast<std::uintptr_t>(slice_of[static_cast<std::size_t>(t) + 1]) >=
                       (begin + per * sizeof(float) + 63) / 64 * 64 + 64);
         }
-        // inside a loop, each item gets the slice of the thread running it
-        std::vector<int> right(static_cast<std::size_t>(4 * threads), 0);
+        // inside a loop no two threads share a slice: each item fills its slice with its own index,
+        // lets the other threads run, and finds it still there
+        std::vector<int> kept(static_cast<std::size_t>(16 * threads), 0);
         parallel_for(
-            4 * threads,
+            16 * threads,
             [&](long i) {
-                right[static_cast<std::size_t>(i)] = scratch.slice() == slice_of[static_cast<std::size_t>(detail::loop_thread)];
+                float* s = scratch.slice();
+                std::fill(s, s + per, float(i));
+                for (int k = 0; k < 20; ++k) std::this_thread::yield();
+                kept[static_cast<std::size_t>(i)] = std::all_of(s, s + per, [&](float v) { return v == float(i); });
             },
             1 << 20);
-        CHECK(std::count(right.begin(), right.end(), 1) == 4 * threads);
+        CHECK(std::count(kept.begin(), kept.end(), 1) == 16 * threads);
     }
     set_num_threads(before);
 }

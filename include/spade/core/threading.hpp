@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -245,7 +246,7 @@ private:
 template <class F>
 bool run_parallel(long n, F& body, bool dynamic) {
     const int threads = static_cast<int>(std::min<long>(num_threads(), n));
-    return threads > 1 && n < (1l << 31) && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
+    return threads > 1 && n <= std::numeric_limits<std::int32_t>::max() && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
 }
 
 }  // namespace detail

@@ -186,8 +186,9 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 }
             }
         }
+        // (not a conv that maps its input first: the pooling would come before that map's activation)
         if (plain_conv && o.pool_first && plan.act == FusedActivation::none && plan.residual < 0 &&
-            conv_op->options().kernel == Pair2{1} && conv_op->options().stride == Pair2{1} &&
+            !conv_op->options().input_norm && conv_op->options().kernel == Pair2{1} && conv_op->options().stride == Pair2{1} &&
             conv_op->options().padding == Pair2{0}) {
             const NodeId nx = next_of(cur);
             if (nx >= 0 && g.node(nx).op->type() == "AvgPool2d") {
@@ -306,6 +307,9 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 Parameter<T> bias(node.name + ".bias", Shape{cout});
                 for (Index c = 0; c < cout; ++c) bias.data()[c] = static_cast<T>(shift[c]);
                 params = {out.add_parameter(std::move(w)), out.add_parameter(std::move(bias))};
+                if (co.input_norm)  // a conv compiled before keeps its input map (the parameters after its bias)
+                    for (std::size_t k = conv.options().bias ? 2 : 1; k < node.params.size(); ++k)
+                        params.push_back(copy_param(node.params[k]));
             } else {
                 for (ParamId p : node.params) params.push_back(copy_param(p));
             }

@@ -127,6 +127,8 @@ public:
                                  "dilation or groups");
             ctx.expect_param("Conv2d", norm_param(), "input_scale", Shape{x[1]});
             ctx.expect_param("Conv2d", norm_param() + 1, "input_shift", Shape{x[1]});
+        } else if (o_.input_activation != FusedActivation::none) {
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): input_activation is set without input_norm");
         }
         auto g = geometry(x, ctx.node);
         Shape y{x[0], cout, g.out_h, g.out_w};
@@ -139,7 +141,7 @@ public:
     Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
         const Shape& w = ctx.params[0];
         Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0) + (o_.residual ? 1 : 0);
-        return per_out * out[0].numel();
+        return per_out * out[0].numel() + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0);  // the map: a x + b
     }
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
@@ -351,7 +353,7 @@ template <Scalar T>
 Var<T> conv2d(Var<T> x, const std::string& name, const Conv2dOptions& o) {
     const Index cin = x.channels();
     if (o.out_channels < 1) fail<ShapeError>("conv2d '", name, "': out_channels must be >= 1");
-    if (o.residual || o.input_norm)
+    if (o.residual || o.input_norm || o.input_activation != FusedActivation::none)
         fail<GraphError>("conv2d '", name, "': residual and input_norm are set by the inference compile step; add the ",
                          "residual with nn::add, the norm with nn::batch_norm2d");
     if (cin % o.groups != 0)
