@@ -246,15 +246,16 @@ private:
 template <class F>
 bool run_parallel(long n, F& body, bool dynamic) {
     const int threads = static_cast<int>(std::min<long>(num_threads(), n));
-    return threads > 1 && n <= std::numeric_limits<std::int32_t>::max() && !in_parallel() && Pool::get().run(n, threads, body, dynamic);
+    return threads > 1 && n <= std::numeric_limits<std::int32_t>::max() && !in_parallel() &&
+           Pool::get().run(n, threads, body, dynamic);
 }
 
 }  // namespace detail
 
 /// Runs `body(i)` for i in [0, n), split across threads when the work is large enough
 /// (each thread a contiguous share; a thread done early takes items from the end of
-/// another's, so which thread runs an item is not fixed). `work_per_item` is a rough cost estimate (e.g.
-/// elements touched) used to keep tiny loops on one thread. Runs on the calling thread
+/// another's, so which thread runs an item is not fixed). `work_per_item` is a rough
+/// cost estimate (e.g. elements touched) used to keep tiny loops on one thread. Runs on the calling thread
 /// alone inside another loop or while another thread's loop holds the pool. An
 /// exception thrown by `body` is rethrown on the calling thread (the first one).
 template <class F>
