@@ -121,7 +121,8 @@ TEST_CASE("parallel_for runs every item once and hands exceptions back", "[threa
     {
         // A thread held up in its share: item 0 (the calling thread's) waits until 48 other items
         // are done. With two threads the other one owns only [32, 64), so it has to take items
-        // 31, 30, ... from the end of the held-up share; without that the wait times out.
+        // 31, 30, ... from the end of the held-up share; without that the wait times out. (The
+        // caller's first batch, [0, 8), a quarter of its share, stays with it: 56 can be done.)
         const ThreadCountScope two(2);
         std::vector<std::atomic<int>> hits(64);
         std::atomic<int> done{0}, by_other{0};

@@ -171,10 +171,17 @@ private:
         void set(long lo, long hi) {
             range.store(static_cast<std::uint64_t>(hi) << 32 | static_cast<std::uint64_t>(lo), std::memory_order_relaxed);
         }
-        long take_front() {
-            const std::uint64_t r = range.fetch_add(1, std::memory_order_relaxed);
+        // Up to `want` items from the front, [first, end) (empty when none are left), and how
+        // many were left after them. `want` is at most what was left at the last take, so lo
+        // stays below 2^32 (hi only falls).
+        struct Taken {
+            long first, end, left;
+        };
+        Taken take_front(long want) {
+            const std::uint64_t r = range.fetch_add(static_cast<std::uint64_t>(want), std::memory_order_relaxed);
             const long lo = static_cast<long>(r & 0xffffffffu), hi = static_cast<long>(r >> 32);
-            return lo < hi ? lo : -1;  // lo passes hi by at most one: the owner stops there
+            const long end = std::min(lo + want, hi);
+            return {lo, end, hi - std::max(lo, end)};
         }
         long take_back() {
             std::uint64_t r = range.load(std::memory_order_relaxed);
@@ -191,7 +198,16 @@ private:
             if (dynamic_) {
                 for (long i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) call_(body_, i);
             } else {
-                for (long i; (i = shares_[t].take_front()) >= 0;) call_(body_, i);
+                // the owner's items in batches of a quarter of what is left (an eighth on
+                // four threads, ...), down to one: each atomic take waits for the stores of the
+                // items before it, and one per item took 4 % of pruned MobileNet-v2's samples
+                const long batch = 2 * threads_;
+                for (long want = std::max(1L, (n_ * (t + 1) / threads_ - n_ * t / threads_) / batch);;) {
+                    const auto taken = shares_[t].take_front(want);
+                    for (long i = taken.first; i < taken.end; ++i) call_(body_, i);
+                    if (taken.left <= 0) break;
+                    want = std::max(1L, taken.left / batch);
+                }
                 for (int k = 1; k < threads_; ++k)
                     for (long i; (i = shares_[(t + k) % threads_].take_back()) >= 0;) call_(body_, i);
             }
