@@ -377,21 +377,27 @@ TEST_CASE("which 3x3 convs of padding 1 run flat, per target", "[conv]") {
     if constexpr (vb == 32) CHECK(flat3x3_fits<double, 1>(24, 24, 8) == true);
 }
 
-TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes, NaN kept to its window",
+TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded planes and in place, NaN kept to "
+          "its window",
           "[conv]") {
     // Calls the kernels themselves, in float and double, with bias, a residual and ReLU6 and with none
-    // of them: the one depthwise_conv2d picks, then the padded planes (depthwise_direct) and the flat
-    // ones (depthwise_flat, given a whole vector of outputs) each. Planes from 1 to 65 wide, odd and
-    // even, stride 1 and 2, multipliers 1 and 2. A NaN at the end of one input row and the start of
-    // another must reach exactly the outputs whose window holds it, not the neighbouring row that a
-    // flat tap one column off wraps onto.
+    // of them: the one depthwise_conv2d picks, then the padded planes (depthwise_direct), the flat
+    // ones (depthwise_flat, given a whole vector of outputs) and, with AVX-512 at stride 1, the row
+    // tiles read in place (depthwise_rows, given a whole vector of columns) each. Planes from 1 to 65
+    // wide, odd and even, stride 1 and 2, multipliers 1 and 2; for the row tiles planes of 1 to 3 rows
+    // (tiles of one row), 4, 5 (the last tile shifted back over the one before) and 9, one vector
+    // wide and more. A NaN at the end of one input row and the start of another must reach exactly
+    // the outputs whose window holds it, not the neighbouring row that a flat tap one column off
+    // wraps onto, nor the other side of a row tile.
     auto check = []<class T>(T, double tol) {
         struct Case {
             Index h, w, stride, multiplier;
         };
         for (const auto& c : {Case{7, 7, 1, 1}, Case{9, 9, 2, 1}, Case{14, 14, 2, 2}, Case{15, 15, 2, 1},
                               Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
-                              Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1}}) {
+                              Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1},
+                              Case{1, 17, 1, 1}, Case{3, 24, 1, 2}, Case{4, 16, 1, 1}, Case{5, 40, 1, 1}, Case{9, 49, 1, 1},
+                              Case{9, 8, 1, 1}}) {
             const Index ch = 3, cout = ch * c.multiplier;
             kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
                                     .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
@@ -406,11 +412,16 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
             x[std::min<Index>(1, c.h - 1) * c.w + c.w - 1] = nan;                 // channel 0: a row's end,
             x[(2 * c.h + std::min<Index>(3, c.h - 1)) * c.w] = nan;               // channel 2: a row's start
             // kernel 0 is the one the rule picks (which differs per ISA), 1 the padded planes, 2 the flat
-            // ones; each with bias, residual and ReLU6, then plain
-            for (int run = 0; run < 6; ++run) {
+            // ones, 3 the row tiles; each with bias, residual and ReLU6, then plain
+            for (int run = 0; run < 8; ++run) {
                 const int kernel = run / 2;
                 const bool plain = run % 2 == 1;
                 if (kernel == 2 && n < kernels::detail::Lanes<T>::count) continue;  // flat needs a whole vector
+#if defined(__AVX512F__)
+                if (kernel == 3 && (c.stride != 1 || g.out_w < kernels::detail::Lanes<T>::count)) continue;
+#else
+                if (kernel == 3) continue;
+#endif
                 Tensor<T> y(Shape{cout, g.out_h, g.out_w});
                 const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
                 const T* with_bias = plain ? nullptr : bias.data();
@@ -421,10 +432,14 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                     kernels::depthwise_direct<T, 3, 1>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
                 else if (kernel == 1)
                     kernels::depthwise_direct<T, 3, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
-                else if (c.stride == 1)
+                else if (kernel == 2 && c.stride == 1)
                     kernels::depthwise_flat<T, 1>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
-                else
+                else if (kernel == 2)
                     kernels::depthwise_flat<T, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+#if defined(__AVX512F__)
+                else
+                    kernels::depthwise_rows<T>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+#endif
                 for (Index o = 0; o < cout; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q) {
