@@ -382,11 +382,11 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
           "[conv]") {
     // Calls the kernels themselves, in float and double, with bias, a residual and ReLU6 and with none
     // of them: the one depthwise_conv2d picks, then the padded planes (depthwise_direct), the flat
-    // ones (depthwise_flat, given a whole vector of outputs) and, with AVX-512 at stride 1, the row
-    // tiles read in place (depthwise_rows, given a whole vector of columns) each. Planes from 1 to 65
-    // wide, odd and even, stride 1 and 2, multipliers 1 and 2; for the row tiles planes of 1 to 3 rows
-    // (tiles of one row), 4, 5 (the last tile shifted back over the one before) and 9, one vector
-    // wide and more. A NaN at the end of one input row and the start of another must reach exactly
+    // ones (depthwise_flat, given a whole vector of outputs) and, with AVX-512, the row tiles read
+    // in place (depthwise_rows, given a whole vector of output columns) each. Planes from 1 to 65
+    // wide, odd and even, stride 1 and 2, multipliers 1 and 2; for the row tiles outputs of 1 to 3
+    // rows (tiles of one row), 4, 5 (the last tile shifted back over the one before) and 9, one
+    // vector wide and more, inputs of odd and even width and height at stride 2. A NaN at the end of one input row and the start of another must reach exactly
     // the outputs whose window holds it, not the neighbouring row that a flat tap one column off
     // wraps onto, nor the other side of a row tile.
     auto check = []<class T>(T, double tol) {
@@ -397,7 +397,7 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                               Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
                               Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1},
                               Case{1, 17, 1, 1}, Case{3, 24, 1, 2}, Case{4, 16, 1, 1}, Case{5, 40, 1, 1}, Case{9, 49, 1, 1},
-                              Case{9, 8, 1, 1}}) {
+                              Case{9, 8, 1, 1}, Case{2, 32, 2, 1}, Case{9, 33, 2, 2}, Case{10, 40, 2, 1}, Case{7, 15, 2, 1}}) {
             const Index ch = 3, cout = ch * c.multiplier;
             kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
                                     .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
@@ -418,7 +418,7 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                 const bool plain = run % 2 == 1;
                 if (kernel == 2 && n < kernels::detail::Lanes<T>::count) continue;  // flat needs a whole vector
 #if defined(__AVX512F__)
-                if (kernel == 3 && (c.stride != 1 || g.out_w < kernels::detail::Lanes<T>::count)) continue;
+                if (kernel == 3 && g.out_w < kernels::detail::Lanes<T>::count) continue;
 #else
                 if (kernel == 3) continue;
 #endif
@@ -437,8 +437,10 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                 else if (kernel == 2)
                     kernels::depthwise_flat<T, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
 #if defined(__AVX512F__)
+                else if (c.stride == 1)
+                    kernels::depthwise_rows<T, 1>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
                 else
-                    kernels::depthwise_rows<T>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
+                    kernels::depthwise_rows<T, 2>(x.data(), cout, c.multiplier, g, w.data(), with_bias, y.data(), act, with_res);
 #endif
                 for (Index o = 0; o < cout; ++o)
                     for (Index r = 0; r < g.out_h; ++r)

@@ -3,13 +3,15 @@
 // through phase planes, so that every tap is a contiguous vector load and the
 // taps add up in registers: with padding 1 and outputs up to 32 wide, unpadded
 // planes computed flat (depthwise_flat); otherwise the padded planes of the
-// direct kernel (direct.hpp). With AVX-512, stride 1 and padding 1 from 24
-// columns (float) on, no planes: tiles of output rows read the input in place
-// (depthwise_rows). Other shapes take a plain loop over output rows.
+// direct kernel (direct.hpp). With AVX-512 and padding 1, from 24 output
+// columns on at stride 1 and 16 at stride 2 (float), no planes: tiles of
+// output rows read the input in place (depthwise_rows). Other shapes take a
+// plain loop over output rows.
 #pragma once
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "spade/core/threading.hpp"
@@ -163,51 +165,72 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
 }
 
 #if defined(__AVX512F__)
-/// depthwise_conv2d for a 3 x 3 kernel of stride 1, padding 1 and no dilation (AVX-512), read
-/// in place: no planes. A tile is R output rows by one vector of columns; each input row it
-/// needs is loaded once as three vectors (columns one left, in place, one right) and feeds every
-/// output row it is a tap of, so a tile of 4 rows loads 18 vectors for 36 FMAs, where the phase
-/// planes loaded 9 per output vector. The tap left of column 0 (right of column out_w - 1) is a
-/// masked-off lane; the rows above the first and below the last are skipped at the top and bottom
-/// tiles. The last tile of a plane (of a row) is shifted back to end there, and recomputes a few
-/// outputs. On the Intel AMX machine, one thread: 8 channels at 112 x 112 2.2x faster than the
-/// padded planes (7.3 -> 3.3 us a channel, a fifth of it had been copying rows into them), 56 x 56
-/// 1.4x, 36 to 48 wide 2x; and 1.2-1.5x the flat planes at 24 to 32 wide.
-template <class T>
+/// depthwise_conv2d for a 3 x 3 kernel of stride S (1 or 2), padding 1 and no dilation (AVX-512),
+/// read in place: no planes. A tile is R output rows by one vector of columns; each input row it
+/// needs is read once as the three vectors of its taps (columns one left, in place, one right of
+/// the outputs' own; at stride 2 the even and odd columns of two loads, picked apart by permutes,
+/// and the odd ones moved up a lane with the column before shifted in) and feeds every output row
+/// it is a tap of: a tile of 4 rows reads 6 input rows at stride 1 (18 loads for 36 FMAs, where
+/// the phase planes loaded 9 vectors per output vector) and 9 at stride 2. Taps left of column 0
+/// and past the input's last column are masked-off lanes; rows above the first and past the last
+/// are skipped in the tiles at the top and bottom. The last tile of a plane (of a row) is
+/// shifted back to end there, and recomputes a few outputs. On the Intel AMX machine, one
+/// thread, against the phase planes: stride 1 at 112 x 112 2.2x faster (7.3 -> 3.3 us a
+/// channel, a fifth of it had been copying rows into the padded plane), 56 x 56 1.4x, 36 to
+/// 48 wide 2x, and 1.2-1.5x the flat planes at 24 to 32 wide; stride 2 from 112 x 112 to 56 x 56
+/// 2.1x, to 16 to 28 wide outputs 1.2-2x.
+template <class T, int S>
 void depthwise_rows(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                     const T* bias, T* out, FusedActivation act, const T* res) {
+    static_assert(S == 1 || S == 2, "depthwise_rows: stride 1 or 2");
     using V = typename detail::Lanes<T>::type;
     constexpr int L = detail::Lanes<T>::count, R = 4;
-    const Index h = g.out_h, wd = g.out_w, n = h * wd;
+    const Index n = g.out_h * g.out_w, in_n = g.in_h * g.in_w;
     const FusedClamp<T> clamp(act);
     parallel_for(
         out_channels,
         [&](long c) {
-            const T* x = in + (c / multiplier) * n;
+            const T* x = in + (c / multiplier) * in_n;
             V wc[9];  // broadcast once per channel
             for (int t = 0; t < 9; ++t) wc[t] = V{} + w[c * 9 + t];
             const T bc = bias ? bias[c] : T(0);
-            const FusedClamp<T> act_c = clamp;  // locals, as the sizes are: not reloaded after every store
-            const Index rows = h, width = wd;
+            // locals, as the sizes are: not reloaded after every store (which may alias)
+            const FusedClamp<T> act_c = clamp;
+            const Index rows = g.out_h, width = g.out_w, in_h = g.in_h, in_w = g.in_w;
             T* yc = out + c * n;
             const T* rc = res ? res + c * n : nullptr;
-            // output rows [oh, oh + B) at columns [ow, ow + L); Edge: a row above or below the input may be read
+            // output rows [oh, oh + B) at columns [ow, ow + L); Edge: an input row above or below may be read
             auto tile = [&]<int B, bool Edge>(Index oh, Index ow) __attribute__((always_inline)) {
-                const auto left = detail::lane_bits<T>(ow == 0 ? ~1u : ~0u);
-                const auto right = detail::lane_bits<T>(ow + L == width ? ~(1u << (L - 1)) : ~0u);
+                using Mask = detail::LaneMask<T>;
+                Mask m0, m1, m2;  // stride 1: the left, middle and right taps; 2: column 2 ow - 1, two loads
+                if constexpr (S == 1) {
+                    m0 = detail::lane_bits<T>(ow == 0 ? ~1u : ~0u);
+                    m2 = detail::lane_bits<T>(ow + L == width ? ~(1u << (L - 1)) : ~0u);
+                } else {
+                    m0 = detail::lane_bits<T>(ow == 0 ? 0u : 1u << (L - 1));
+                    m1 = detail::lane_range<T>(0, in_w - 2 * ow), m2 = detail::lane_range<T>(0, in_w - 2 * ow - L);
+                }
                 V acc[B];
                 for (int k = 0; k < B; ++k) acc[k] = V{};
-#pragma GCC unroll 8
-                for (int r = 0; r < B + 2; ++r) {
-                    const Index ih = oh + r - 1;
-                    if (Edge && (ih < 0 || ih >= rows)) continue;
-                    const T* src = x + ih * width + ow;  // before the input only in a masked-off lane
-                    const V v0 = detail::load_masked(src - 1, left), v1 = detail::load(src),
-                            v2 = detail::load_masked(src + 1, right);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
+                for (int r = 0; r < S * (B - 1) + 3; ++r) {  // input row S oh - 1 + r
+                    const Index ih = S * oh + r - 1;
+                    if (Edge && (ih < 0 || ih >= in_h)) continue;
+                    const T* src = x + ih * in_w + S * ow;  // before the input only in masked-off lanes
+                    V v0, v1, v2;
+                    if constexpr (S == 1) {
+                        v0 = detail::load_masked(src - 1, m0), v1 = detail::load(src), v2 = detail::load_masked(src + 1, m2);
+                    } else {
+                        constexpr auto lanes = std::make_index_sequence<L>{};
+                        const V a = detail::load_masked(src, m1), b = detail::load_masked(src + L, m2);
+                        v1 = detail::pick_lanes<0>(a, b, lanes);
+                        v2 = detail::pick_lanes<1>(a, b, lanes);
+                        v0 = detail::shift_in(detail::load_masked(src - L, m0), v2, lanes);
+                    }
+#pragma GCC unroll 16
                     for (int k = 0; k < B; ++k)
-                        if (r - k >= 0 && r - k < 3) {  // input row r is tap row r - k of output row k
-                            const int i = r - k;
+                        if (r - S * k >= 0 && r - S * k < 3) {  // input row r is tap row r - S k of output row k
+                            const int i = r - S * k;
                             acc[k] += wc[i * 3] * v0 + wc[i * 3 + 1] * v1 + wc[i * 3 + 2] * v2;
                         }
                 }
@@ -217,7 +240,7 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
                 }
             };
             auto band = [&]<int B>(Index oh) __attribute__((always_inline)) {
-                if (oh == 0 || oh + B == rows)
+                if (oh == 0 || S * (oh + B) + 1 - S >= in_h)  // the tile's last input row: S (oh + B - 1) + 1
                     detail::cover(width, L, [&](Index ow) { tile.template operator()<B, true>(oh, ow); });
                 else
                     detail::cover(width, L, [&](Index ow) { tile.template operator()<B, false>(oh, ow); });
@@ -241,10 +264,14 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
     if (g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 && g.stride_h == g.stride_w) {
         constexpr Index L = detail::Lanes<T>::count;
 #if defined(__AVX512F__)
-        // in place by row tiles from 1.5 vectors wide (at 17 to 20 wide a third to half of
-        // the lanes computed twice: the flat planes were as fast or faster)
-        if (g.stride_h == 1 && g.pad_h == 1 && g.pad_w == 1 && g.out_w >= L + L / 2)
-            return depthwise_rows<T>(in, out_channels, multiplier, g, w, bias, out, act, res);
+        // in place by row tiles from a vector of outputs wide, at stride 1 from 1.5 (at 17 to 20
+        // wide a third to half of the lanes computed twice: the flat planes were as fast or faster)
+        if (g.pad_h == 1 && g.pad_w == 1) {
+            if (g.stride_h == 1 && g.out_w >= L + L / 2)
+                return depthwise_rows<T, 1>(in, out_channels, multiplier, g, w, bias, out, act, res);
+            if (g.stride_h == 2 && g.out_w >= L)
+                return depthwise_rows<T, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);
+        }
 #endif
         // AVX-512 (and SSE) keep flat planes to 32 wide, where they were measured; with AVX2 they
         // ran 1.4x to 2.2x faster than the padded ones at every width from 14 to 112 (Zen 2)

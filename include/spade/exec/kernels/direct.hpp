@@ -291,6 +291,12 @@ template <int Odd, class V, std::size_t... I>
     return __builtin_shufflevector(a, b, (2 * I + Odd)...);
 }
 
+// p's last lane, then v's lanes but its last: v moved up a lane with p's last shifted in
+template <class V, std::size_t... I>
+[[gnu::always_inline]] inline V shift_in(const V& p, const V& v, std::index_sequence<I...>) {
+    return __builtin_shufflevector(p, v, (sizeof...(I) - 1 + I)...);
+}
+
 // even[k] = src[2 k] for k < ceil(n / 2) and, if odd is not null, odd[k] = src[2 k + 1] for k < floor(n / 2).
 // With AVX-512, whole vectors are gathered by one two-source permute; narrower targets go 16 bytes
 // at a time through one in-lane shuffle per output: Zen's AVX2 splits a lane-crossing 32-byte
