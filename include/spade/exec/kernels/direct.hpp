@@ -692,12 +692,13 @@ template <class T, int S, int R, int N, bool Edge, class V>
 }
 // One channel x [h, w] into the four unpadded phase planes of flat3x3_tile at stride 2 (g.flat_plane apart):
 // each a zero margin of out_w + 1, then out_h x out_w pixels (zero past the input's last odd row
-// or column).
+// or column). Fills the rows [r0, r1) of the planes (and the margins with r0 = 0).
 template <class T>
-void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes) {
-    const Index ho = g.out_h, wo = g.out_w, margin = wo + 1;
-    for (int p = 0; p < 4; ++p) std::fill(planes + p * g.flat_plane, planes + p * g.flat_plane + margin, T(0));
-    for (Index r = 0; r < ho; ++r)
+void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes, Index r0, Index r1) {
+    const Index wo = g.out_w, margin = wo + 1;
+    if (r0 == 0)
+        for (int p = 0; p < 4; ++p) std::fill(planes + p * g.flat_plane, planes + p * g.flat_plane + margin, T(0));
+    for (Index r = r0; r < r1; ++r)
         for (int a = 0; a < 2; ++a) {
             T* even = planes + 2 * a * g.flat_plane + margin + r * wo;
             T* odd = even + g.flat_plane;
@@ -726,9 +727,16 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
     const Index n = g.out_h * g.out_w, w = g.out_w;
     const FusedClamp<T> clamp(act);
     if constexpr (S == 2) {
+        // a few channels (a stem's 3) split into bands of rows, so that every thread gets some
+        const Index bands = std::clamp<Index>((4 * num_threads() + g.cin - 1) / g.cin, 1, g.out_h);
         parallel_for(
-            g.cin, [&](long c) { fill_flat_planes(x + c * g.h * g.w, g, work + c * 4 * g.flat_plane); },
-            4 * g.flat_plane);
+            g.cin * bands,
+            [&](long i) {
+                const Index c = i / bands, b = i % bands;
+                fill_flat_planes(x + c * g.h * g.w, g, work + c * 4 * g.flat_plane, g.out_h * b / bands,
+                                 g.out_h * (b + 1) / bands);
+            },
+            4 * g.flat_plane / bands);
         // the slack zeroed so that the lanes no output keeps read no stale values (denormals)
         std::fill(work + g.cin * 4 * g.flat_plane, work + g.cin * 4 * g.flat_plane + g.flat_slack, T(0));
     }
