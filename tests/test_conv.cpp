@@ -386,9 +386,10 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     // in place (depthwise_rows, given a whole vector of output columns) each. Planes from 1 to 65
     // wide, odd and even, stride 1 and 2, multipliers 1 and 2; for the row tiles outputs of 1 to 3
     // rows (tiles of one row), 4, 5 (the last tile shifted back over the one before) and 9, one
-    // vector wide and more, inputs of odd and even width and height at stride 2. A NaN at the end of one input row and the start of another must reach exactly
-    // the outputs whose window holds it, not the neighbouring row that a flat tap one column off
-    // wraps onto, nor the other side of a row tile.
+    // vector wide and more, inputs of odd and even width and height at stride 2. A NaN at the end
+    // of one input row and the start of another must reach exactly the outputs whose window holds
+    // it, not the neighbouring row that a flat tap one column off wraps onto, nor the other side of
+    // a row tile.
     auto check = []<class T>(T, double tol) {
         struct Case {
             Index h, w, stride, multiplier;
@@ -397,7 +398,8 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                               Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
                               Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1},
                               Case{1, 17, 1, 1}, Case{3, 24, 1, 2}, Case{4, 16, 1, 1}, Case{5, 40, 1, 1}, Case{9, 49, 1, 1},
-                              Case{9, 8, 1, 1}, Case{2, 32, 2, 1}, Case{9, 33, 2, 2}, Case{10, 40, 2, 1}, Case{7, 15, 2, 1}}) {
+                              Case{9, 8, 1, 1}, Case{2, 32, 2, 1}, Case{9, 33, 2, 2}, Case{10, 40, 2, 1}, Case{7, 15, 2, 1},
+                              Case{5, 33, 2, 1}, Case{7, 31, 2, 1}}) {
             const Index ch = 3, cout = ch * c.multiplier;
             kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
                                     .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
@@ -481,12 +483,14 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
     // every machine: 14 x 14 and 30 x 5 have steps inside the plane with several rows per vector,
     // 33 x 31 tiles of four steps (one or two outputs) whose last one ends past the plane.
+    // 3 and 5 inputs: at stride 2 their planes fill in 3 and 2 bands of rows. The workspace starts
+    // as NaN, so that a margin or slack left unwritten shows.
     const ThreadCountScope two(2);
     auto check = [&]<int S>() {
         for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1},
                                    {2, 2}, {14, 14}, {30, 5}, {33, 31}})
-            for (const Index cout : {1, 2, 10, 11}) {
-                const Index cin = 5, ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
+            for (const auto& channels : {std::pair<Index, Index>{5, 1}, {5, 2}, {5, 10}, {5, 11}, {3, 2}, {3, 11}}) {
+                const Index cin = channels.first, cout = channels.second, ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
                 std::vector<T> x(static_cast<std::size_t>(cin * h * w)), wt(static_cast<std::size_t>(cout * cin * 9)),
                     bias(static_cast<std::size_t>(cout)), res(static_cast<std::size_t>(cout * ho * wo));
                 std::mt19937 rng(static_cast<unsigned>(h * 100 + w));
@@ -502,7 +506,7 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
                 constexpr int vb = kernels::detail::vector_bytes;
                 CHECK(flat.same == (vb >= 64 || (vb == 32 && S == 1)));  // else both runs take the planes
                 for (const auto& g : {flat, planes}) {
-                    std::vector<T> work(static_cast<std::size_t>(g.workspace(S))),
+                    std::vector<T> work(static_cast<std::size_t>(g.workspace(S)), std::numeric_limits<T>::quiet_NaN()),
                         y(static_cast<std::size_t>(cout * ho * wo + 40), T(-99));  // 40 sentinels past the end
                     kernels::conv_direct<T, 3, 3, S>(x.data(), g, packed.data(), bias.data(), FusedActivation::relu6,
                                                      y.data(), work.data(), res.data());

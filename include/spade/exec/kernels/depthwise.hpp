@@ -1,12 +1,12 @@
 // Direct depthwise convolution: one small filter per channel, where a GEMM
-// would be a stack of tiny products. Square kernels of 3 (stride 1 or 2) go
-// through phase planes, so that every tap is a contiguous vector load and the
-// taps add up in registers: with padding 1 and outputs up to 32 wide, unpadded
-// planes computed flat (depthwise_flat); otherwise the padded planes of the
-// direct kernel (direct.hpp). With AVX-512 and padding 1, from 24 output
-// columns on at stride 1 and 16 at stride 2 (float), no planes: tiles of
-// output rows read the input in place (depthwise_rows). Other shapes take a
-// plain loop over output rows.
+// would be a stack of tiny products. Square kernels of 3 (stride 1 or 2) with
+// padding 1 and AVX-512 are read in place by tiles of output rows
+// (depthwise_rows) from 1.5 vectors of outputs wide at stride 1 and one at
+// stride 2 (24 and 16 floats); narrower ones, and with AVX2 all, go through
+// unpadded phase planes computed flat (depthwise_flat), whole vectors in flat
+// order. Other paddings, and planes of under a vector, take the padded phase
+// planes of the direct kernel (direct.hpp), where every tap is a contiguous
+// vector load. Other shapes take a plain loop over output rows.
 #pragma once
 
 #include <algorithm>
@@ -178,7 +178,7 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
 /// thread, against the phase planes: stride 1 at 112 x 112 2.2x faster (7.3 -> 3.3 us a
 /// channel, a fifth of it had been copying rows into the padded plane), 56 x 56 1.4x, 36 to
 /// 48 wide 2x, and 1.2-1.5x the flat planes at 24 to 32 wide; stride 2 from 112 x 112 to 56 x 56
-/// 2.1x, to 16 to 28 wide outputs 1.2-2x.
+/// 2.1x, to 16 to 28 wide outputs 1.2-2x. Needs out_w >= L (a whole vector of output columns).
 template <class T, int S>
 void depthwise_rows(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                     const T* bias, T* out, FusedActivation act, const T* res) {
@@ -202,13 +202,15 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
             // output rows [oh, oh + B) at columns [ow, ow + L); Edge: an input row above or below may be read
             auto tile = [&]<int B, bool Edge>(Index oh, Index ow) __attribute__((always_inline)) {
                 using Mask = detail::LaneMask<T>;
-                Mask m0, m1, m2;  // stride 1: the left, middle and right taps; 2: column 2 ow - 1, two loads
+                // stride 1: the left and right taps; 2: column 2 ow - 1 (lane L - 1) and the second load
+                // (the first ends inside the row: 2 ow + L <= 2 out_w - L < in_w)
+                Mask m0, m2;
                 if constexpr (S == 1) {
                     m0 = detail::lane_bits<T>(ow == 0 ? ~1u : ~0u);
                     m2 = detail::lane_bits<T>(ow + L == width ? ~(1u << (L - 1)) : ~0u);
                 } else {
                     m0 = detail::lane_bits<T>(ow == 0 ? 0u : 1u << (L - 1));
-                    m1 = detail::lane_range<T>(0, in_w - 2 * ow), m2 = detail::lane_range<T>(0, in_w - 2 * ow - L);
+                    m2 = detail::lane_range<T>(0, in_w - 2 * ow - L);
                 }
                 V acc[B];
                 for (int k = 0; k < B; ++k) acc[k] = V{};
@@ -222,7 +224,7 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
                         v0 = detail::load_masked(src - 1, m0), v1 = detail::load(src), v2 = detail::load_masked(src + 1, m2);
                     } else {
                         constexpr auto lanes = std::make_index_sequence<L>{};
-                        const V a = detail::load_masked(src, m1), b = detail::load_masked(src + L, m2);
+                        const V a = detail::load(src), b = detail::load_masked(src + L, m2);
                         v1 = detail::pick_lanes<0>(a, b, lanes);
                         v2 = detail::pick_lanes<1>(a, b, lanes);
                         v0 = detail::shift_in(detail::load_masked(src - L, m0), v2, lanes);
@@ -273,8 +275,8 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
                 return depthwise_rows<T, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);
         }
 #endif
-        // AVX-512 (and SSE) keep flat planes to 32 wide, where they were measured; with AVX2 they
-        // ran 1.4x to 2.2x faster than the padded ones at every width from 14 to 112 (Zen 2)
+        // SSE keeps flat planes to 32 wide (AVX-512 reaches here below the row tiles' widths); with
+        // AVX2 they ran 1.4x to 2.2x faster than the padded ones at every width from 14 to 112 (Zen 2)
         const bool flat_width = detail::vector_bytes == 32 || g.out_w <= 32;
         if (g.pad_h == 1 && g.pad_w == 1 && flat_width && g.out_h * g.out_w >= L) {
             if (g.stride_h == 1) return depthwise_flat<T, 1>(in, out_channels, multiplier, g, w, bias, out, act, res);
