@@ -1,12 +1,13 @@
 // Direct depthwise convolution: one small filter per channel, where a GEMM
 // would be a stack of tiny products. Square kernels of 3 (stride 1 or 2) with
 // padding 1 and AVX-512 are read in place by tiles of output rows
-// (depthwise_rows) from 1.5 vectors of outputs wide at stride 1 and one at
-// stride 2 (24 and 16 floats); narrower ones, and with AVX2 all, go through
-// unpadded phase planes computed flat (depthwise_flat), whole vectors in flat
-// order. Other paddings, and planes of under a vector, take the padded phase
-// planes of the direct kernel (direct.hpp), where every tap is a contiguous
-// vector load. Other shapes take a plain loop over output rows.
+// (depthwise_rows): at stride 2 all, at stride 1 those from 1.5 vectors of
+// outputs wide and from 3/4 of one to one (24 on and 12 to 16 floats). The
+// rest at stride 1, and with AVX2 all, go through unpadded phase planes
+// computed flat (depthwise_flat), whole vectors in flat order. Other paddings,
+// and planes of under a vector, take the padded phase planes of the direct
+// kernel (direct.hpp), where every tap is a contiguous vector load. Other
+// shapes take a plain loop over output rows.
 #pragma once
 
 #include <algorithm>
@@ -178,7 +179,9 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
 /// thread, against the phase planes: stride 1 at 112 x 112 2.2x faster (7.3 -> 3.3 us a
 /// channel, a fifth of it had been copying rows into the padded plane), 56 x 56 1.4x, 36 to
 /// 48 wide 2x, and 1.2-1.5x the flat planes at 24 to 32 wide; stride 2 from 112 x 112 to 56 x 56
-/// 2.1x, to 16 to 28 wide outputs 1.2-2x. Needs out_w >= L (a whole vector of output columns).
+/// 2.1x, to 16 to 28 wide outputs 1.2-2x. On planes narrower than a vector a tile is one row's
+/// outputs under a mask: stride 2 to 7 x 7 and 14 x 14 2.1-2.7x the flat planes, stride 1 at 14 x 14
+/// 1.2x (and at 7 x 7, with 9 of 16 lanes idle, 5 % slower: the flat planes stay there).
 template <class T, int S>
 void depthwise_rows(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                     const T* bias, T* out, FusedActivation act, const T* res) {
@@ -202,16 +205,19 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
             // output rows [oh, oh + B) at columns [ow, ow + L); Edge: an input row above or below may be read
             auto tile = [&]<int B, bool Edge>(Index oh, Index ow) __attribute__((always_inline)) {
                 using Mask = detail::LaneMask<T>;
-                // stride 1: the left and right taps; 2: column 2 ow - 1 (lane L - 1) and the second load
-                // (the first ends inside the row: 2 ow + L <= 2 out_w - L < in_w)
-                Mask m0, m2;
+                // the lanes each load may read and the outputs kept: at stride 1 the left, middle and
+                // right taps, at stride 2 column 2 ow - 1 (lane L - 1) and the two loads; all lanes
+                // but at the plane's edges and on planes narrower than a vector
+                const Index cols = width - ow;  // outputs from ow to the row's end
+                Mask m0, m1, m2;
                 if constexpr (S == 1) {
-                    m0 = detail::lane_bits<T>(ow == 0 ? ~1u : ~0u);
-                    m2 = detail::lane_bits<T>(ow + L == width ? ~(1u << (L - 1)) : ~0u);
+                    m0 = detail::lane_range<T>(ow == 0 ? 1 : 0, cols + 1);
+                    m1 = detail::lane_range<T>(0, cols), m2 = detail::lane_range<T>(0, cols - 1);
                 } else {
                     m0 = detail::lane_bits<T>(ow == 0 ? 0u : 1u << (L - 1));
-                    m2 = detail::lane_range<T>(0, in_w - 2 * ow - L);
+                    m1 = detail::lane_range<T>(0, in_w - 2 * ow), m2 = detail::lane_range<T>(0, in_w - 2 * ow - L);
                 }
+                const Mask keep = detail::lane_range<T>(0, cols);
                 V acc[B];
                 for (int k = 0; k < B; ++k) acc[k] = V{};
 #pragma GCC unroll 16
@@ -221,10 +227,11 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
                     const T* src = x + ih * in_w + S * ow;  // before the input only in masked-off lanes
                     V v0, v1, v2;
                     if constexpr (S == 1) {
-                        v0 = detail::load_masked(src - 1, m0), v1 = detail::load(src), v2 = detail::load_masked(src + 1, m2);
+                        v0 = detail::load_masked(src - 1, m0), v1 = detail::load_masked(src, m1);
+                        v2 = detail::load_masked(src + 1, m2);
                     } else {
                         constexpr auto lanes = std::make_index_sequence<L>{};
-                        const V a = detail::load(src), b = detail::load_masked(src + L, m2);
+                        const V a = detail::load_masked(src, m1), b = detail::load_masked(src + L, m2);
                         v1 = detail::pick_lanes<0>(a, b, lanes);
                         v2 = detail::pick_lanes<1>(a, b, lanes);
                         v0 = detail::shift_in(detail::load_masked(src - L, m0), v2, lanes);
@@ -238,14 +245,19 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
                 }
                 for (int k = 0; k < B; ++k) {
                     const Index at = (oh + k) * width + ow;
-                    detail::store_vector(acc[k], bc, act_c, yc + at, rc ? rc + at : nullptr);
+                    detail::store_vector_masked(acc[k], bc, act_c, yc + at, rc ? rc + at : nullptr, keep);
                 }
             };
+            // a band of B output rows: one tile on planes narrower than a vector, else whole vectors
             auto band = [&]<int B>(Index oh) __attribute__((always_inline)) {
+                auto tiles = [&]<bool Edge>() __attribute__((always_inline)) {
+                    if (width < L) return tile.template operator()<B, Edge>(oh, 0);
+                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, Edge>(oh, ow); });
+                };
                 if (oh == 0 || S * (oh + B) + 1 - S >= in_h)  // the tile's last input row: S (oh + B - 1) + 1
-                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, true>(oh, ow); });
+                    tiles.template operator()<true>();
                 else
-                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, false>(oh, ow); });
+                    tiles.template operator()<false>();
             };
             if (rows < R) {
                 for (Index oh = 0; oh < rows; ++oh) band.template operator()<1>(oh);
@@ -266,13 +278,13 @@ void depthwise_conv2d(const T* in, Index out_channels, Index multiplier, const C
     if (g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 && g.stride_h == g.stride_w) {
         constexpr Index L = detail::Lanes<T>::count;
 #if defined(__AVX512F__)
-        // in place by row tiles from a vector of outputs wide, at stride 1 from 1.5 (at 17 to 20
-        // wide a third to half of the lanes computed twice: the flat planes were as fast or faster)
+        // in place by row tiles: at stride 2 at every width, at stride 1 from 3/4 of a vector to one
+        // and from 1.5 on (at 17 to 20 wide a third to half of the lanes computed twice, at 7 wide
+        // 9 of 16 idle: the flat planes were as fast or faster)
         if (g.pad_h == 1 && g.pad_w == 1) {
-            if (g.stride_h == 1 && g.out_w >= L + L / 2)
+            if (g.stride_h == 1 && (g.out_w >= L + L / 2 || (4 * g.out_w >= 3 * L && g.out_w <= L)))
                 return depthwise_rows<T, 1>(in, out_channels, multiplier, g, w, bias, out, act, res);
-            if (g.stride_h == 2 && g.out_w >= L)
-                return depthwise_rows<T, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);
+            if (g.stride_h == 2) return depthwise_rows<T, 2>(in, out_channels, multiplier, g, w, bias, out, act, res);
         }
 #endif
         // SSE keeps flat planes to 32 wide (AVX-512 reaches here below the row tiles' widths); with
