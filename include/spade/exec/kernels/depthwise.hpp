@@ -5,9 +5,9 @@
 // outputs wide and from 3/4 of one to one (24 on and 12 to 16 floats). The
 // rest at stride 1, and with AVX2 all, go through unpadded phase planes
 // computed flat (depthwise_flat), whole vectors in flat order. Other paddings,
-// and planes of under a vector, take the padded phase planes of the direct
-// kernel (direct.hpp), where every tap is a contiguous vector load. Other
-// shapes take a plain loop over output rows.
+// and at stride 1 planes of under a vector, take the padded phase planes of the
+// direct kernel (direct.hpp), where every tap is a contiguous vector load.
+// Other shapes take a plain loop over output rows.
 #pragma once
 
 #include <algorithm>
