@@ -386,10 +386,10 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     // in place (depthwise_rows) each. Planes from 1 to 65 wide, odd and even, stride 1 and 2,
     // multipliers 1 and 2; for the row tiles outputs of 1 to 3 rows (tiles of one row), 4, 5 (the
     // last tile shifted back over the one before) and 9, narrower than a vector (one masked tile a
-    // row), one vector wide and more, inputs of odd and even width and height at stride 2. A NaN at the end
-    // of one input row and the start of another must reach exactly the outputs whose window holds
-    // it, not the neighbouring row that a flat tap one column off wraps onto, nor the other side of
-    // a row tile.
+    // row), one vector wide and more, inputs of odd and even width and height at stride 2. A NaN
+    // at the end of one input row and the start of another must reach exactly the outputs whose
+    // window holds it, not the neighbouring row that a flat tap one column off wraps onto, nor the
+    // other side of a row tile.
     auto check = []<class T>(T, double tol) {
         struct Case {
             Index h, w, stride, multiplier;
