@@ -248,16 +248,12 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
                     detail::store_vector_masked(acc[k], bc, act_c, yc + at, rc ? rc + at : nullptr, keep);
                 }
             };
-            // a band of B output rows: one tile on planes narrower than a vector, else whole vectors
+            // a band of B output rows (one masked tile a row on planes narrower than a vector)
             auto band = [&]<int B>(Index oh) __attribute__((always_inline)) {
-                auto tiles = [&]<bool Edge>() __attribute__((always_inline)) {
-                    if (width < L) return tile.template operator()<B, Edge>(oh, 0);
-                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, Edge>(oh, ow); });
-                };
                 if (oh == 0 || S * (oh + B) + 1 - S >= in_h)  // the tile's last input row: S (oh + B - 1) + 1
-                    tiles.template operator()<true>();
+                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, true>(oh, ow); });
                 else
-                    tiles.template operator()<false>();
+                    detail::cover(width, L, [&](Index ow) { tile.template operator()<B, false>(oh, ow); });
             };
             if (rows < R) {
                 for (Index oh = 0; oh < rows; ++oh) band.template operator()<1>(oh);

@@ -104,13 +104,13 @@ public:
 private:
     std::vector<Bits> keep_;
 };
-// Calls f(q) for q = 0, w, 2w, ... covering [0, n) (n >= w) in whole pieces of w:
-// the last piece is shifted back to end at n, so a few elements are done twice
-// instead of leaving a partial vector.
+// Calls f(q) for q = 0, w, 2w, ... covering [0, n) in whole pieces of w: the last
+// piece is shifted back to end at n, so a few elements are done twice instead of
+// leaving a partial vector. With n < w, one piece at 0, which f must cut to n.
 template <class F>
 [[gnu::always_inline]] inline void cover(Index n, Index w, F&& f) {
     for (Index q = 0;; q += w) {
-        q = std::min(q, n - w);
+        q = std::max<Index>(0, std::min(q, n - w));
         f(q);
         if (q + w >= n) break;
     }
