@@ -233,6 +233,123 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
     CHECK_THROWS_AS(nn::conv2d(nx, "c", {.out_channels = 2, .kernel = 1, .input_norm = true}), GraphError);
 }
 
+TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone reads it (MobileNet-v2)", "[compile]") {
+    // Built by hand: expansions with their norm and ReLU6 (or bare, without a bias) before a
+    // depthwise 3x3 of stride 1 and 2 on planes of 14 rows and more fuse; a second reader of the
+    // expansion, a 5x5 or a two-output depthwise conv, a 7 x 7 plane, or the option off keep the
+    // two apart. The fused graph computes what the original computes: through the executor with
+    // and without pre-packed weights, on one thread and two, saved and loaded, compiled again.
+    GraphBuilder<double> b(9);
+    auto x = b.input("x", {2, 5, 58, 17});
+    auto expand = [&](Var<double> v, const std::string& name, Index out) {
+        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn"),
+                         name + "_act");
+    };
+    auto dw = [&](Var<double> v, const std::string& name, Index stride, Index k = 3, Index mult = 1) {
+        const Index c = v.channels();
+        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = c * mult, .kernel = k, .stride = stride,
+                                                               .padding = k / 2, .groups = c, .bias = false}),
+                                          name + "_bn"),
+                         name + "_act");
+    };
+    auto s1 = dw(expand(x, "e1", 13), "d1", 1);                                          // fused, bands of rows
+    auto s2 = dw(expand(x, "e2", 11), "d2", 2);                                          // fused, stride 2
+    auto bare = nn::conv2d(nn::conv2d(x, "e3", {.out_channels = 9, .kernel = 1, .bias = false}), "d3",
+                           {.out_channels = 9, .kernel = 3, .padding = 1, .groups = 9});  // fused: no norm, no activation
+    auto shared = expand(x, "e4", 6);
+    auto twice = nn::add(dw(shared, "d4", 1), shared, "sum4");                           // a second reader
+    auto five = dw(expand(x, "e5", 4), "d5", 1, 5);                                      // 5x5
+    auto doubled = dw(expand(x, "e6", 3), "d6", 1, 3, 2);                                // two outputs per channel
+    auto small = dw(expand(nn::max_pool2d(x, "p7", {.kernel = 8}), "e7", 8), "d7", 1);   // 7 x 2
+    for (auto v : {s1, s2, bare, twice, five, doubled, small}) b.output(v);
+    auto h = std::move(b).build();
+    test::randomize(h, 21);
+    const auto k = compile_for_inference(h);
+    check_same(h, k, 1e-12);
+    const bool fits = kernels::expand_depthwise_fits(
+        kernels::ConvGeometry{.in_h = 58, .in_w = 17, .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1});
+    for (const auto& [d, act] : std::vector<std::pair<std::string, FusedActivation>>{
+             {"d1", FusedActivation::relu6}, {"d2", FusedActivation::relu6}, {"d3", FusedActivation::none}}) {
+        INFO(d);
+        const auto& node = k.node(k.node_id(d));
+        const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        CHECK(co.expand_input == fits);
+        if (!fits) continue;
+        CHECK(co.expand_activation == act);
+        CHECK(node.inputs[0] == k.inputs()[0]);
+        CHECK(node.params.size() == 4u);  // weight, bias, expansion weight and bias (zero for e3)
+        CHECK(k.parameter(node.params[2]).shape()[1] == 5);
+        CHECK_FALSE(k.has_node("e" + d.substr(1)));
+    }
+    for (const std::string d : {"d4", "d5", "d6", "d7"}) {
+        INFO(d);
+        CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id(d)).op).options().expand_input);
+        CHECK(k.has_node("e" + d.substr(1)));
+    }
+    CHECK(total_macs(k, example_input_shapes(k)) <= total_macs(h, example_input_shapes(h)));
+    const auto off = compile_for_inference(h, {.fuse_expansions = false});
+    CHECK(off.has_node("e1"));
+    // the same count, but for the zero bias e3 gets to fuse: one per expanded output
+    CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)) + 2 * 9 * 58 * 17);
+
+    const auto xs = inputs_for(h);
+    const auto want = run_all(h, xs);
+    std::vector<TensorRef<const double>> refs;
+    for (const auto& t : xs) refs.push_back(t.ref());
+    for (const int threads : {1, 2}) {
+        const ThreadCountScope scope(threads);
+        for (const bool prepack : {false, true}) {
+            INFO("threads " << threads << " prepack " << prepack);
+            Executor<double> ex(k);
+            ex.set_prepack(prepack);
+            const auto got = ex.forward(refs);
+            for (std::size_t i = 0; i < got.size(); ++i) CHECK(test::max_rel_err(got[i], want[i]) < 1e-12);
+        }
+    }
+    // saved and loaded with its fused convs; compiled again, it stays as it is
+    const test::TempDir dir;
+    save_graph(k, dir / "k.json", dir / "k.safetensors");
+    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
+    CHECK(again.node(again.node_id("d1")).op->attributes() == k.node(k.node_id("d1")).op->attributes());
+    check_same(k, again, 1e-15);
+    const auto twice_compiled = compile_for_inference(k);
+    CHECK(twice_compiled.nodes().size() == k.nodes().size());
+    check_same(k, twice_compiled, 1e-12);
+
+    // set by hand: on a 7 x 7 plane the conv expands into its workspace and runs the depthwise
+    // conv over it (no fused kernel there), computing the same; a conv that is not depthwise with
+    // one output per group is refused with the node's name
+    GraphBuilder<double> sb(4);
+    auto sx = sb.input("x", {1, 3, 7, 7});
+    sb.output(dw(expand(sx, "e", 10), "d", 1));
+    auto sg = std::move(sb).build();
+    test::randomize(sg, 22);
+    const auto sk = compile_for_inference(sg, {.fold_norms = true});
+    REQUIRE(sk.has_node("e"));  // not fused by the compile step
+    const auto& e_node = sk.node(sk.node_id("e"));
+    const auto& d_node = sk.node(sk.node_id("d"));
+    Graph<double> manual;
+    const ValueId mx = manual.add_input("x", {1, 3, 7, 7});
+    const ParamId dwt = manual.add_parameter(Parameter<double>(sk.parameter(d_node.params[0])));
+    const ParamId dbt = manual.add_parameter(Parameter<double>(sk.parameter(d_node.params[1])));
+    const ParamId ewt = manual.add_parameter(Parameter<double>(sk.parameter(e_node.params[0])));
+    const ParamId ebt = manual.add_parameter(Parameter<double>(sk.parameter(e_node.params[1])));
+    auto mo = static_cast<const Conv2d<double>&>(*d_node.op).options();
+    mo.expand_input = true;
+    mo.expand_activation = FusedActivation::relu6;
+    const NodeId md = manual.add_node("d", std::make_unique<Conv2d<double>>(mo), {mx}, {dwt, dbt, ewt, ebt});
+    manual.add_output(manual.node(md).outputs[0]);
+    check_same(sg, manual, 1e-12);
+    auto bad = mo;
+    bad.groups = 5;
+    CHECK_THROWS_WITH(manual.add_node("bad", std::make_unique<Conv2d<double>>(bad), {mx}, {dwt, dbt, ewt, ebt}),
+                      Catch::Contains("bad") && Catch::Contains("expand_input needs a depthwise conv"));
+    auto no_expand = mo;
+    no_expand.expand_input = false;
+    CHECK_THROWS_WITH(manual.add_node("act", std::make_unique<Conv2d<double>>(no_expand), {mx}, {dwt, dbt}),
+                      Catch::Contains("act") && Catch::Contains("expand_activation is set without expand_input"));
+}
+
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {
     // DenseNet: BN + ReLU -> 1x1 conv -> 2x2 average pooling in each of its 3 transitions
     const auto g = test::zoo_model("densenet121");

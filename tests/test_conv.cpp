@@ -467,6 +467,85 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     check(0.0, 1e-12);
 }
 
+TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two layers computed apart", "[conv]") {
+    // expand_depthwise against a plain loop in double: y = clamp(dw(clamp(E x + e)) + b + r), on
+    // planes from 14 to 60 rows (from 56 rows on, one band of rows per thread: one, two and three
+    // threads), odd widths and heights at stride 2, expansions to a partial panel (13, 29) and to
+    // fewer channels than a panel (3), one input channel and many; ReLU6 after both, or none, with
+    // and without the biases and a residual. A NaN in the input reaches only the outputs whose
+    // window holds a pixel it expanded into.
+#if !defined(__AVX512F__)
+    kernels::ConvGeometry small{.in_h = 14, .in_w = 14, .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1};
+    CHECK_FALSE(kernels::expand_depthwise_fits(small));  // the fused kernel is AVX-512's
+#else
+    auto check = []<class T>(T, double tol) {
+        struct Case {
+            Index cin, cexp, h, w, stride, threads;
+        };
+        for (const auto& c : {Case{5, 13, 14, 14, 1, 2}, Case{1, 29, 15, 17, 2, 2}, Case{7, 3, 20, 33, 1, 1},
+                              Case{16, 24, 56, 20, 1, 2}, Case{3, 16, 57, 19, 2, 3}, Case{4, 10, 60, 14, 1, 3},
+                              Case{9, 17, 58, 15, 2, 1}, Case{2, 8, 14, 40, 2, 2}}) {
+            const ThreadCountScope threads(int(c.threads));
+            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
+                                    .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
+            g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
+            g.out_w = kernels::ConvGeometry::out_extent(c.w, 3, c.stride, 1, 1);
+            REQUIRE(kernels::expand_depthwise_fits(g));
+            const Index n = c.h * c.w, n_out = g.out_h * g.out_w;
+            auto x = test::random_tensor<T>({c.cin, c.h, c.w}, 3 * c.h + c.w, -2.0, 2.0);
+            auto ew = test::random_tensor<T>({c.cexp, c.cin}, 5 + c.w);
+            auto eb = test::random_tensor<T>({c.cexp}, 6 + c.w);
+            auto w = test::random_tensor<T>({c.cexp, 3, 3}, 7 + c.w);
+            auto bias = test::random_tensor<T>({c.cexp}, 8 + c.w);
+            auto res = test::random_tensor<T>({c.cexp, g.out_h, g.out_w}, 9 + c.w);
+            const Index nan_at = (c.h / 2) * c.w + c.w - 1;  // a row's last pixel, in channel 0
+            x[nan_at] = std::numeric_limits<T>::quiet_NaN();
+            std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(c.cexp, c.cin, 1)));
+            kernels::pack_direct_weights(ew.data(), c.cexp, c.cin, 1, packed.data());
+            for (const bool plain : {false, true}) {
+                const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
+                Tensor<T> y(Shape{c.cexp, g.out_h, g.out_w}, T(-7));
+                if (c.stride == 1)
+                    kernels::expand_depthwise<T, 1>(x.data(), c.cin, g, c.cexp, packed.data(), plain ? nullptr : eb.data(), act,
+                                                    w.data(), plain ? nullptr : bias.data(), act, y.data(),
+                                                    plain ? nullptr : res.data());
+                else
+                    kernels::expand_depthwise<T, 2>(x.data(), c.cin, g, c.cexp, packed.data(), plain ? nullptr : eb.data(), act,
+                                                    w.data(), plain ? nullptr : bias.data(), act, y.data(),
+                                                    plain ? nullptr : res.data());
+                // the expansion in double, NaN where the input pixel is
+                std::vector<double> e(static_cast<std::size_t>(c.cexp * n));
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index p = 0; p < n; ++p) {
+                        double s = plain ? 0.0 : double(eb[o]);
+                        for (Index k = 0; k < c.cin; ++k) s += double(ew[o * c.cin + k]) * double(x[k * n + p]);
+                        e[o * n + p] = plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0);
+                    }
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index r = 0; r < g.out_h; ++r)
+                        for (Index q = 0; q < g.out_w; ++q) {
+                            double s = plain ? 0.0 : double(bias[o]);
+                            for (Index i = 0; i < 3; ++i)
+                                for (Index j = 0; j < 3; ++j) {
+                                    const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
+                                    if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w) s += double(w[o * 9 + i * 3 + j]) * e[o * n + ii * c.w + jj];
+                                }
+                            const double want = plain || std::isnan(s) ? s : std::clamp(s + double(res[o * n_out + r * g.out_w + q]), 0.0, 6.0);
+                            const double got = y[o * n_out + r * g.out_w + q];
+                            INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "
+                                 << c.cexp << " at " << c.h << " x " << c.w << " stride " << c.stride << " threads "
+                                 << c.threads << " output " << o << ", " << r << ", " << q);
+                            REQUIRE(std::isnan(got) == std::isnan(want));
+                            if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+                        }
+            }
+        }
+    };
+    check(0.0f, 1e-5);
+    check(0.0, 1e-12);
+#endif
+}
+
 TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes, matches a plain loop at stride 1 and 2, "
                    "NaN kept to its window",
                    "[conv]", float, double) {

@@ -18,6 +18,13 @@
 //     groups) reads goes into that conv's input pass (Conv2dOptions::input_norm): the
 //     conv maps each block of its input as it reads it, and the normalised tensor is
 //     never written out. Not where the conv runs after a pooling (above);
+//   - a 1x1 conv (stride 1, no padding, dilation or groups; its norms folded and
+//     its activation fused) whose output only a depthwise conv with one output per
+//     channel reads goes into that conv's input pass (Conv2dOptions::expand_input),
+//     where the fused kernel takes the depthwise shape (kernels::expand_depthwise_fits:
+//     3x3, stride 1 or 2, padding 1, planes of 14 x 14 and more, AVX-512): the
+//     expanded tensor of an inverted residual block (MobileNet-v2) is never written
+//     out whole;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -49,6 +56,7 @@ struct CompileOptions {
     bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
     bool pool_first = true;        ///< run a 1x1 Conv2d after the AvgPool2d that follows it (see the file comment)
     bool fuse_input_norms = true;  ///< fold a BatchNorm2d (and ReLU) that only feeds a 1x1 Conv2d into the conv's input pass
+    bool fuse_expansions = true;   ///< fold a 1x1 Conv2d that only feeds a depthwise Conv2d into its input pass (see the file comment)
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
     bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
@@ -240,6 +248,48 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         norm_into_conv[i] = 1;
     }
 
+    // a 1x1 conv (with its folds and activation) whose output only a depthwise conv reads, where
+    // the fused kernel takes the depthwise conv's shape, goes into that conv's input pass
+    std::map<NodeId, NodeId> expand_into;  // depthwise conv -> its expansion
+    std::vector<char> expansion(n, 0);
+    for (std::size_t i = 0; i < n && o.fuse_expansions; ++i) {
+        const auto& node = g.nodes()[i];
+        if (absorbed[i] || node.op->type() != "Conv2d" || input_norm.count(static_cast<NodeId>(i))) continue;
+        const auto& eo = static_cast<const Conv2d<T>&>(*node.op).options();
+        const auto plan = plans.find(static_cast<NodeId>(i));
+        if (eo.kernel != Pair2{1} || eo.stride != Pair2{1} || eo.padding != Pair2{0} || eo.dilation != Pair2{1} ||
+            eo.groups != 1 || eo.residual || eo.input_norm || eo.expand_input || eo.activation != FusedActivation::none ||
+            (plan != plans.end() && (plan->second.residual >= 0 || plan->second.pool >= 0)))
+            continue;
+        const ValueId v = g.node(plan == plans.end() ? static_cast<NodeId>(i) : plan->second.last).outputs[0];
+        const NodeId r = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
+        if (r < 0 || absorbed[static_cast<std::size_t>(r)] || g.node(r).op->type() != "Conv2d" || g.node(r).inputs[0] != v ||
+            input_norm.count(r))
+            continue;
+        const auto& co = static_cast<const Conv2d<T>&>(*g.node(r).op).options();
+        const Shape& e = g.value(v).shape;
+        const Shape& w = g.parameter(g.node(r).params[0]).shape();
+        const auto conv_plan = plans.find(r);
+        if (e.rank() != 4 || co.groups != e[1] || w[0] != e[1] || co.input_norm || co.expand_input || co.residual ||
+            co.activation != FusedActivation::none ||
+            (conv_plan != plans.end() && conv_plan->second.pool >= 0))
+            continue;
+        kernels::ConvGeometry geo;
+        geo.in_h = e[2], geo.in_w = e[3], geo.kernel_h = co.kernel.h, geo.kernel_w = co.kernel.w;
+        geo.stride_h = co.stride.h, geo.stride_w = co.stride.w, geo.pad_h = co.padding.h, geo.pad_w = co.padding.w;
+        geo.dilation_h = co.dilation.h, geo.dilation_w = co.dilation.w;
+        if (!kernels::expand_depthwise_fits(geo)) continue;
+        expand_into[r] = static_cast<NodeId>(i);
+        expansion[i] = 1;
+        for (const NodeId k : {static_cast<NodeId>(i), r})  // both are emitted as convs with plans
+            if (!plans.count(k)) plans[k].last = k;
+    }
+    struct Expansion {
+        std::vector<ParamId> params;  // weight, bias (of the copy)
+        FusedActivation act;
+    };
+    std::map<NodeId, Expansion> expansions;  // by the expansion's node
+
     Graph<T> out;
     std::vector<ValueId> map(g.values().size(), -1);
     for (ValueId v : g.inputs()) map[static_cast<std::size_t>(v)] = out.add_input(g.value(v).name, g.value(v).shape);
@@ -307,7 +357,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 Parameter<T> bias(node.name + ".bias", Shape{cout});
                 for (Index c = 0; c < cout; ++c) bias.data()[c] = static_cast<T>(shift[c]);
                 params = {out.add_parameter(std::move(w)), out.add_parameter(std::move(bias))};
-                if (co.input_norm)  // a conv compiled before keeps its input map (the parameters after its bias)
+                if (co.input_norm || co.expand_input)  // a conv compiled before keeps its input pass (the parameters after its bias)
                     for (std::size_t k = conv.options().bias ? 2 : 1; k < node.params.size(); ++k)
                         params.push_back(copy_param(node.params[k]));
             } else {
@@ -325,6 +375,22 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 co.input_norm = true;
                 const auto norm_plan = plans.find(pre->second);
                 co.input_activation = norm_plan == plans.end() ? FusedActivation::none : norm_plan->second.act;
+            }
+            if (expansion[i]) {  // its depthwise conv takes it in: its weight and bias (zero if none), its activation
+                if (!co.bias) {
+                    Parameter<T> bias(node.name + ".bias", Shape{cout});
+                    std::fill(bias.data(), bias.data() + cout, T(0));
+                    params.push_back(out.add_parameter(std::move(bias)));
+                }
+                expansions[static_cast<NodeId>(i)] = {std::move(params), co.activation};
+                map[static_cast<std::size_t>(node.outputs[0])] = in[0];
+                continue;
+            }
+            if (const auto e = expand_into.find(static_cast<NodeId>(i)); e != expand_into.end()) {
+                const Expansion& ex = expansions.at(e->second);
+                params.insert(params.end(), ex.params.begin(), ex.params.end());
+                co.expand_input = true;
+                co.expand_activation = ex.act;
             }
             op = std::make_unique<Conv2d<T>>(co);
         }

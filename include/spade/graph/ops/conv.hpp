@@ -29,6 +29,13 @@ struct Conv2dOptions {
     /// input pass (inference compile step).
     bool input_norm = false;
     FusedActivation input_activation = FusedActivation::none;
+    /// x -> expand_activation(E x + e) before the conv, with E [C, C_in, 1, 1] and e [C] the
+    /// last two parameters (expand_weight, expand_bias): a 1x1 conv of stride 1 whose output
+    /// only this depthwise conv (C groups, one output each) reads, folded into the conv's input
+    /// pass (inference compile step). Where kernels::expand_depthwise_fits, the expanded tensor
+    /// is never written out whole.
+    bool expand_input = false;
+    FusedActivation expand_activation = FusedActivation::none;
 };
 
 /// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
@@ -52,7 +59,9 @@ public:
                                     .activation = fused_activation_from(a, op),
                                     .residual = a.get_or<bool>(op, "residual", false),
                                     .input_norm = a.get_or<bool>(op, "input_norm", false),
-                                    .input_activation = fused_activation_from(a, op, "input_activation")});
+                                    .input_activation = fused_activation_from(a, op, "input_activation"),
+                                    .expand_input = a.get_or<bool>(op, "expand_input", false),
+                                    .expand_activation = fused_activation_from(a, op, "expand_activation")});
     }
 
     std::string type() const override { return "Conv2d"; }
@@ -66,12 +75,16 @@ public:
         if (o_.input_norm) a.set("input_norm", true);
         if (o_.input_activation != FusedActivation::none)
             a.set("input_activation", std::string(fused_activation_name(o_.input_activation)));
+        if (o_.expand_input) a.set("expand_input", true);
+        if (o_.expand_activation != FusedActivation::none)
+            a.set("expand_activation", std::string(fused_activation_name(o_.expand_activation)));
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
         std::vector<ParamRole> r{{"weight"}};
         if (o_.bias) r.push_back({"bias"});
         if (o_.input_norm) r.insert(r.end(), {{"input_scale"}, {"input_shift"}});
+        if (o_.expand_input) r.insert(r.end(), {{"expand_weight"}, {"expand_bias"}});
         return r;
     }
 
@@ -79,7 +92,9 @@ public:
     /// input through the weight's columns. A depthwise conv (one input channel per
     /// conv group) maps input channel c to its `multiplier` output channels, so input
     /// and output are one space. Any other grouped conv consumes its input through
-    /// per-group columns and loses channels evenly in each conv group.
+    /// per-group columns and loses channels evenly in each conv group. A depthwise conv
+    /// with its expansion folded in (expand_input) consumes its input through the
+    /// expansion's columns; its expanded channels are its outputs.
     void channel_rule(ChannelRules& r) const override {
         const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0);
         r.same(out, ChannelAxis::param(0, 0, "out"));
@@ -88,7 +103,11 @@ public:
         if (o_.input_norm)
             for (std::size_t p : {norm_param(), norm_param() + 1}) r.same(in, ChannelAxis::param(p, 0));
         const Index cin = r.inputs()[0][1];
-        if (o_.groups == 1) {
+        if (o_.expand_input) {
+            r.same(out, ChannelAxis::param(expand_param(), 0, "out"));
+            r.same(out, ChannelAxis::param(expand_param() + 1, 0));
+            r.same(in, ChannelAxis::param(expand_param(), 1, "in"));
+        } else if (o_.groups == 1) {
             r.same(in, ChannelAxis::param(0, 1, "in"));
         } else if (depthwise(cin, r.params()[0]) && o_.groups == cin) {
             r.blocks(in, out, r.params()[0][0] / cin);
@@ -100,6 +119,12 @@ public:
     }
     /// A depthwise conv keeps one conv group per input channel.
     std::unique_ptr<Op<T>> resized(const ChannelChange& c) const override {
+        if (o_.expand_input) {  // one group per expanded channel
+            if (o_.groups == c.params[0][0]) return nullptr;
+            auto o = o_;
+            o.groups = c.params[0][0];
+            return std::make_unique<Conv2d>(o);
+        }
         const Index cin_old = c.inputs[0][1] + static_cast<Index>(c.removed_inputs[0].size());
         if (o_.groups == 1 || !(o_.groups == cin_old && c.params[0][1] == 1)) return nullptr;
         auto o = o_;
@@ -114,10 +139,19 @@ public:
         if (ctx.params.empty() || ctx.params[0].rank() != 4)
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): weight must have rank 4");
         const Shape& w = ctx.params[0];
-        const Index cout = w[0];
-        ctx.expect_param("Conv2d", 0, "weight", Shape{cout, x[1] / o_.groups, o_.kernel.h, o_.kernel.w});
-        if (x[1] % o_.groups != 0 || cout % o_.groups != 0)
-            fail<ShapeError>("node '", ctx.node, "' (Conv2d): input channels ", x[1], " and output channels ", cout,
+        const Index cout = w[0], cin = o_.expand_input ? cout : x[1];  // the conv's own input: the expanded one
+        if (o_.expand_input) {
+            if (o_.input_norm || o_.groups != cout)
+                fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_input needs a depthwise conv with one output per ",
+                                 "group (groups ", o_.groups, ", output channels ", cout, ") and no input_norm");
+            ctx.expect_param("Conv2d", expand_param(), "expand_weight", Shape{cout, x[1], 1, 1});
+            ctx.expect_param("Conv2d", expand_param() + 1, "expand_bias", Shape{cout});
+        } else if (o_.expand_activation != FusedActivation::none) {
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_activation is set without expand_input");
+        }
+        ctx.expect_param("Conv2d", 0, "weight", Shape{cout, cin / o_.groups, o_.kernel.h, o_.kernel.w});
+        if (cin % o_.groups != 0 || cout % o_.groups != 0)
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): input channels ", cin, " and output channels ", cout,
                              " must both be divisible by groups ", o_.groups);
         if (o_.bias) ctx.expect_param("Conv2d", 1, "bias", Shape{cout});
         if (o_.input_norm) {
@@ -141,12 +175,15 @@ public:
     Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
         const Shape& w = ctx.params[0];
         Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0) + (o_.residual ? 1 : 0);
-        return per_out * out[0].numel() + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0);  // the map: a x + b
+        const Index expand = o_.expand_input ? w[0] * (ctx.inputs[0][1] + 1) * ctx.inputs[0][2] * ctx.inputs[0][3] : 0;
+        return per_out * out[0].numel() + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0)  // the map: a x + b
+               + ctx.inputs[0][0] * expand;                                                 // the 1x1 conv and its bias
     }
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
+        if (o_.expand_input) return kernels::expand_depthwise_fits(g) ? 0 : ctx.params[0][0] * g.in_h * g.in_w;
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
         if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
             return with_direct(d, [&]<int K, int S>() {
@@ -159,9 +196,16 @@ public:
     /// Convolutions on the direct kernel get their weights packed into its panels.
     std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
         const auto g = geometry(ctx.inputs[0], ctx.node);
+        auto pk = std::make_unique<Packed>();
+        if (o_.expand_input) {  // the expansion's panels, for the fused kernel
+            if (!kernels::expand_depthwise_fits(g)) return nullptr;
+            pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(params[0].shape[0], ctx.inputs[0][1], 1)));
+            kernels::pack_direct_weights(params[expand_param()].data, params[0].shape[0], ctx.inputs[0][1], 1,
+                                         pk->weights.data());
+            return pk;
+        }
         if (direct(g, ctx.inputs[0][1], params[0].shape[0], true) == Direct::none) return nullptr;
         const Shape& w = params[0].shape;
-        auto pk = std::make_unique<Packed>();
         pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(w[0], w[1], int(w[2] * w[3]))));
         kernels::pack_direct_weights(params[0].data, w[0], w[1], int(w[2] * w[3]), pk->weights.data());
         return pk;
@@ -185,6 +229,10 @@ public:
             const T* xb = x.data + b * cin * plane_in;
             T* yb = y.data + b * cout * plane_out;
             const T* rb = o_.residual ? ctx.inputs[1].data + b * cout * plane_out : nullptr;
+            if (o_.expand_input) {
+                expand_forward(ctx, g, xb, pre ? pre->weights.data() : nullptr, local, b == 0, yb, rb);
+                continue;
+            }
             if (o_.input_norm && d != Direct::k1) {  // map the whole image first (the pointwise kernel maps as it reads)
                 norm.apply_image(xb, cin, plane_in, ctx.workspace.data());
                 xb = ctx.workspace.data();
@@ -229,6 +277,37 @@ public:
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
     std::size_t norm_param() const { return o_.bias ? 2 : 1; }  // input_scale, then input_shift
+    std::size_t expand_param() const { return norm_param() + (o_.input_norm ? 2 : 0); }  // expand_weight, expand_bias
+
+    // One image of a conv with its expansion folded in (expand_input): the fused kernel where it
+    // fits (its panels pre-packed, or packed into `local` for the first image), else the
+    // expansion into the workspace and the depthwise conv over it.
+    void expand_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const T* packed,
+                        std::vector<T>& local, bool first, T* y, const T* res) const {
+        const Index cin = ctx.inputs[0].shape[1], cexp = ctx.params[0].shape[0];
+        const T* ew = ctx.params[expand_param()].data;
+        const T* eb = ctx.params[expand_param() + 1].data;
+        const T* bias = o_.bias ? ctx.params[1].data : nullptr;
+        if (!kernels::expand_depthwise_fits(g)) {
+            T* e = ctx.workspace.data();
+            gemm_epilogue(cexp, g.in_h * g.in_w, cin, ew, x, eb, o_.expand_activation, nullptr, e);
+            kernels::depthwise_conv2d(e, cexp, Index(1), g, ctx.params[0].data, bias, y, o_.activation, res);
+            return;
+        }
+#if defined(__AVX512F__)
+        if (!packed) {
+            local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
+            if (first) kernels::pack_direct_weights(ew, cexp, cin, 1, local.data());
+            packed = local.data();
+        }
+        if (g.stride_h == 1)
+            kernels::expand_depthwise<T, 1>(x, cin, g, cexp, packed, eb, o_.expand_activation, ctx.params[0].data, bias,
+                                            o_.activation, y, res);
+        else
+            kernels::expand_depthwise<T, 2>(x, cin, g, cexp, packed, eb, o_.expand_activation, ctx.params[0].data, bias,
+                                            o_.activation, y, res);
+#endif
+    }
 
     struct Packed : PackedParams {
         std::vector<T> weights;  // panels of kernels::pack_direct_weights
