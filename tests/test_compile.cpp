@@ -235,10 +235,12 @@ TEST_CASE("compile: a BatchNorm2d and its ReLU before a 1x1 conv go into the con
 
 TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone reads it (MobileNet-v2)", "[compile]") {
     // Built by hand: expansions with their norm and ReLU6 (or bare, without a bias) before a
-    // depthwise 3x3 of stride 1 and 2 on planes of 14 rows and more fuse; a second reader of the
-    // expansion, a 5x5 or a two-output depthwise conv, a 7 x 7 plane, or the option off keep the
+    // depthwise 3x3 of stride 1 and 2 on planes of 14 rows and more fuse, also where a residual
+    // Add joins the depthwise conv; a second reader of the expansion (a node or the graph's
+    // output), a 5x5 or a two-output depthwise conv, a 7 x 7 plane, or the option off keep the
     // two apart. The fused graph computes what the original computes: through the executor with
-    // and without pre-packed weights, on one thread and two, saved and loaded, compiled again.
+    // and without pre-packed weights, on one thread and two, saved and loaded, compiled again,
+    // and after channels are cut from a fused conv (surgery on the compiled graph).
     GraphBuilder<double> b(9);
     auto x = b.input("x", {2, 5, 58, 17});
     auto expand = [&](Var<double> v, const std::string& name, Index out) {
@@ -261,15 +263,23 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     auto five = dw(expand(x, "e5", 4), "d5", 1, 5);                                      // 5x5
     auto doubled = dw(expand(x, "e6", 3), "d6", 1, 3, 2);                                // two outputs per channel
     auto small = dw(expand(nn::max_pool2d(x, "p7", {.kernel = 8}), "e7", 8), "d7", 1);   // 7 x 2
-    for (auto v : {s1, s2, bare, twice, five, doubled, small}) b.output(v);
+    auto e8 = expand(x, "e8", 5);
+    auto residual = nn::add(nn::batch_norm2d(nn::conv2d(e8, "d8", {.out_channels = 5, .kernel = 3, .padding = 1, .groups = 5,
+                                                                   .bias = false}),
+                                             "d8_bn"),
+                            x, "sum8");                                                  // fused, with the residual
+    auto e9 = expand(x, "e9", 4);                                                        // also the graph's output
+    for (auto v : {s1, s2, bare, twice, five, doubled, small, residual, e9, dw(e9, "d9", 1)}) b.output(v);
     auto h = std::move(b).build();
     test::randomize(h, 21);
     const auto k = compile_for_inference(h);
     check_same(h, k, 1e-12);
     const bool fits = kernels::expand_depthwise_fits(
         kernels::ConvGeometry{.in_h = 58, .in_w = 17, .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1});
-    for (const auto& [d, act] : std::vector<std::pair<std::string, FusedActivation>>{
-             {"d1", FusedActivation::relu6}, {"d2", FusedActivation::relu6}, {"d3", FusedActivation::none}}) {
+    for (const auto& [d, act] : std::vector<std::pair<std::string, FusedActivation>>{{"d1", FusedActivation::relu6},
+                                                                                   {"d2", FusedActivation::relu6},
+                                                                                   {"d3", FusedActivation::none},
+                                                                                   {"d8", FusedActivation::relu6}}) {
         INFO(d);
         const auto& node = k.node(k.node_id(d));
         const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
@@ -278,10 +288,11 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
         CHECK(co.expand_activation == act);
         CHECK(node.inputs[0] == k.inputs()[0]);
         CHECK(node.params.size() == 4u);  // weight, bias, expansion weight and bias (zero for e3)
+        CHECK(static_cast<const Conv2d<double>&>(*node.op).options().residual == (d == "d8"));
         CHECK(k.parameter(node.params[2]).shape()[1] == 5);
         CHECK_FALSE(k.has_node("e" + d.substr(1)));
     }
-    for (const std::string d : {"d4", "d5", "d6", "d7"}) {
+    for (const std::string d : {"d4", "d5", "d6", "d7", "d9"}) {
         INFO(d);
         CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id(d)).op).options().expand_input);
         CHECK(k.has_node("e" + d.substr(1)));
@@ -290,7 +301,8 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     const auto off = compile_for_inference(h, {.fuse_expansions = false});
     CHECK(off.has_node("e1"));
     // the same count, but for the zero bias e3 gets to fuse: one per expanded output
-    CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)) + 2 * 9 * 58 * 17);
+    CHECK(total_macs(k, example_input_shapes(k)) ==
+          total_macs(off, example_input_shapes(off)) + (fits ? 2 * 9 * 58 * 17 : 0));
 
     const auto xs = inputs_for(h);
     const auto want = run_all(h, xs);
@@ -315,6 +327,41 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     const auto twice_compiled = compile_for_inference(k);
     CHECK(twice_compiled.nodes().size() == k.nodes().size());
     check_same(k, twice_compiled, 1e-12);
+    // channels cut from a compiled graph: a fused conv's expanded channels (its weight, bias and
+    // the expansion's rows, the projection's columns), and the input channels its expansion reads;
+    // killed first, so that the output stays the same
+    GraphBuilder<double> cb(10);
+    auto cx = cb.input("x", {1, 6, 56, 15});
+    auto stem = nn::conv2d(cx, "stem", {.out_channels = 5, .kernel = 1});
+    for (const Index s : {1, 2})
+        cb.output(nn::conv2d(dw(expand(stem, "ce" + std::to_string(s), 13), "cd" + std::to_string(s), s),
+                             "cp" + std::to_string(s), {.out_channels = 4, .kernel = 1}));
+    auto cg = std::move(cb).build();
+    test::randomize(cg, 23);
+    const auto ck = compile_for_inference(cg);
+    const auto cxs = inputs_for(ck);
+    struct Cut {
+        std::string param;
+        std::vector<Index> units;
+        Index expanded, inputs;  // left after the cut
+    };
+    for (const auto& c : {Cut{"cd1.weight", {0, 5, 12}, 10, 5}, Cut{"ce2.weight", {3}, 12, 5}, Cut{"stem.weight", {1, 4}, 13, 3}}) {
+        INFO(c.param);
+        if (!fits) break;
+        auto cut = ck;
+        const auto groups = trace_groups(cut);
+        const auto& grp = test::group_of(groups, c.param, 0);
+        test::kill_units(cut, grp, c.units);
+        const auto before = run_all(cut, cxs);
+        remove_channels(cut, grp, c.units);
+        const auto after = run_all(cut, cxs);
+        for (std::size_t i = 0; i < after.size(); ++i) CHECK(test::max_rel_err(after[i], before[i]) < 1e-12);
+        const auto& node = cut.node(cut.node_id(c.param == "cd1.weight" ? "cd1" : "cd2"));
+        const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        CHECK(co.expand_input);
+        CHECK(co.groups == c.expanded);
+        CHECK(cut.parameter(node.params[2]).shape() == Shape{c.expanded, c.inputs, 1, 1});
+    }
 
     // set by hand: on a 7 x 7 plane the conv expands into its workspace and runs the depthwise
     // conv over it (no fused kernel there), computing the same; a conv that is not depthwise with

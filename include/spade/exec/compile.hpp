@@ -241,48 +241,38 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             continue;
         const auto& co = static_cast<const Conv2d<T>&>(*g.node(r).op).options();
         const auto conv_plan = plans.find(r);
-        if (co.kernel != Pair2{1} || co.stride != Pair2{1} || co.padding != Pair2{0} || co.dilation != Pair2{1} ||
-            co.groups != 1 || co.residual || co.input_norm || conv_plan == plans.end() || conv_plan->second.pool >= 0)
+        if (!co.pointwise() || co.residual || co.input_norm || conv_plan == plans.end() || conv_plan->second.pool >= 0)
             continue;
         input_norm[r] = static_cast<NodeId>(i);
         norm_into_conv[i] = 1;
     }
 
     // a 1x1 conv (with its folds and activation) whose output only a depthwise conv reads, where
-    // the fused kernel takes the depthwise conv's shape, goes into that conv's input pass
+    // the fused kernel takes the depthwise conv's shape, goes into that conv's input pass (both
+    // convs have plans: every conv without an activation of its own gets one, and neither has one)
     std::map<NodeId, NodeId> expand_into;  // depthwise conv -> its expansion
     std::vector<char> expansion(n, 0);
     for (std::size_t i = 0; i < n && o.fuse_expansions; ++i) {
         const auto& node = g.nodes()[i];
         if (absorbed[i] || node.op->type() != "Conv2d" || input_norm.count(static_cast<NodeId>(i))) continue;
         const auto& eo = static_cast<const Conv2d<T>&>(*node.op).options();
-        const auto plan = plans.find(static_cast<NodeId>(i));
-        if (eo.kernel != Pair2{1} || eo.stride != Pair2{1} || eo.padding != Pair2{0} || eo.dilation != Pair2{1} ||
-            eo.groups != 1 || eo.residual || eo.input_norm || eo.expand_input || eo.activation != FusedActivation::none ||
-            (plan != plans.end() && (plan->second.residual >= 0 || plan->second.pool >= 0)))
+        if (!eo.pointwise() || eo.residual || eo.input_norm || eo.expand_input || eo.activation != FusedActivation::none)
             continue;
-        const ValueId v = g.node(plan == plans.end() ? static_cast<NodeId>(i) : plan->second.last).outputs[0];
+        const Plan& plan = plans.at(static_cast<NodeId>(i));
+        if (plan.residual >= 0 || plan.pool >= 0) continue;
+        const ValueId v = g.node(plan.last).outputs[0];
         const NodeId r = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
-        if (r < 0 || absorbed[static_cast<std::size_t>(r)] || g.node(r).op->type() != "Conv2d" || g.node(r).inputs[0] != v ||
-            input_norm.count(r))
-            continue;
-        const auto& co = static_cast<const Conv2d<T>&>(*g.node(r).op).options();
+        if (r < 0 || g.node(r).op->type() != "Conv2d" || g.node(r).inputs[0] != v || input_norm.count(r)) continue;
+        const auto& conv = static_cast<const Conv2d<T>&>(*g.node(r).op);
+        const auto& co = conv.options();
         const Shape& e = g.value(v).shape;
         const Shape& w = g.parameter(g.node(r).params[0]).shape();
-        const auto conv_plan = plans.find(r);
-        if (e.rank() != 4 || co.groups != e[1] || w[0] != e[1] || co.input_norm || co.expand_input || co.residual ||
-            co.activation != FusedActivation::none ||
-            (conv_plan != plans.end() && conv_plan->second.pool >= 0))
+        if (co.groups != e[1] || w[0] != e[1] || co.input_norm || co.expand_input || co.residual ||
+            co.activation != FusedActivation::none || plans.at(r).pool >= 0 ||
+            !kernels::expand_depthwise_fits(conv.geometry(e, g.node(r).name)))
             continue;
-        kernels::ConvGeometry geo;
-        geo.in_h = e[2], geo.in_w = e[3], geo.kernel_h = co.kernel.h, geo.kernel_w = co.kernel.w;
-        geo.stride_h = co.stride.h, geo.stride_w = co.stride.w, geo.pad_h = co.padding.h, geo.pad_w = co.padding.w;
-        geo.dilation_h = co.dilation.h, geo.dilation_w = co.dilation.w;
-        if (!kernels::expand_depthwise_fits(geo)) continue;
         expand_into[r] = static_cast<NodeId>(i);
         expansion[i] = 1;
-        for (const NodeId k : {static_cast<NodeId>(i), r})  // both are emitted as convs with plans
-            if (!plans.count(k)) plans[k].last = k;
     }
     struct Expansion {
         std::vector<ParamId> params;  // weight, bias (of the copy)

@@ -315,7 +315,8 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
     const Index bands = g.in_h >= 56 ? std::clamp<Index>(threads, 1, g.out_h / 4) : 1;
     const Index groups = std::clamp<Index>((2 * threads + bands - 1) / bands, 1, panels);
     const Index band_rows = S * ((g.out_h + bands - 1) / bands) + 2;  // input rows of the tallest band
-    ThreadScratch<T> scratch(static_cast<std::size_t>(MR * std::min(band_rows, g.in_h) * g.in_w));
+    // every element a panel's depthwise tiles read, its expansion has written first
+    ThreadScratch<T> scratch(static_cast<std::size_t>(MR * std::min(band_rows, g.in_h) * g.in_w), std::nullopt);
     const FusedClamp<T> clamp_e(act_e), clamp(act);
     parallel_for(
         bands * groups,
@@ -341,7 +342,7 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
                 }
             }
         },
-        cexp * n * (cin + 9));
+        cexp * n * (cin + 9) / (bands * groups));
 }
 #endif
 

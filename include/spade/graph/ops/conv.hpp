@@ -36,6 +36,11 @@ struct Conv2dOptions {
     /// is never written out whole.
     bool expand_input = false;
     FusedActivation expand_activation = FusedActivation::none;
+
+    /// A 1x1 conv of stride 1 without padding, dilation or groups: the image is its input matrix.
+    bool pointwise() const {
+        return kernel == Pair2{1} && stride == Pair2{1} && padding == Pair2{0} && dilation == Pair2{1} && groups == 1;
+    }
 };
 
 /// y = W (*) x + b. Channel counts come from the weight shape [C_out, C_in/groups, kh, kw].
@@ -155,8 +160,7 @@ public:
                              " must both be divisible by groups ", o_.groups);
         if (o_.bias) ctx.expect_param("Conv2d", 1, "bias", Shape{cout});
         if (o_.input_norm) {
-            if (o_.kernel != Pair2{1} || o_.stride != Pair2{1} || o_.padding != Pair2{0} || o_.dilation != Pair2{1} ||
-                o_.groups != 1)
+            if (!o_.pointwise())
                 fail<ShapeError>("node '", ctx.node, "' (Conv2d): input_norm needs a 1x1 conv of stride 1 without padding, ",
                                  "dilation or groups");
             ctx.expect_param("Conv2d", norm_param(), "input_scale", Shape{x[1]});
@@ -196,9 +200,9 @@ public:
     /// Convolutions on the direct kernel get their weights packed into its panels.
     std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
         const auto g = geometry(ctx.inputs[0], ctx.node);
-        auto pk = std::make_unique<Packed>();
         if (o_.expand_input) {  // the expansion's panels, for the fused kernel
             if (!kernels::expand_depthwise_fits(g)) return nullptr;
+            auto pk = std::make_unique<Packed>();
             pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(params[0].shape[0], ctx.inputs[0][1], 1)));
             kernels::pack_direct_weights(params[expand_param()].data, params[0].shape[0], ctx.inputs[0][1], 1,
                                          pk->weights.data());
@@ -206,6 +210,7 @@ public:
         }
         if (direct(g, ctx.inputs[0][1], params[0].shape[0], true) == Direct::none) return nullptr;
         const Shape& w = params[0].shape;
+        auto pk = std::make_unique<Packed>();
         pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(w[0], w[1], int(w[2] * w[3]))));
         kernels::pack_direct_weights(params[0].data, w[0], w[1], int(w[2] * w[3]), pk->weights.data());
         return pk;
@@ -230,7 +235,7 @@ public:
             T* yb = y.data + b * cout * plane_out;
             const T* rb = o_.residual ? ctx.inputs[1].data + b * cout * plane_out : nullptr;
             if (o_.expand_input) {
-                expand_forward(ctx, g, xb, pre ? pre->weights.data() : nullptr, local, b == 0, yb, rb);
+                expand_forward(ctx, g, xb, pre, local, b == 0, yb, rb);
                 continue;
             }
             if (o_.input_norm && d != Direct::k1) {  // map the whole image first (the pointwise kernel maps as it reads)
@@ -242,12 +247,7 @@ public:
                 continue;
             }
             if (d != Direct::none) {
-                const T* packed = pre ? pre->weights.data() : nullptr;
-                if (!packed) {  // not pre-packed: pack once for the whole batch
-                    local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, int(k / cin))));
-                    if (b == 0) kernels::pack_direct_weights(w.data, cout, cin, int(k / cin), local.data());
-                    packed = local.data();
-                }
+                const T* packed = packed_weights(pre, local, b == 0, w.data, cout, cin, int(k / cin));
                 if (d == Direct::k1) {
                     kernels::conv_pointwise(xb, cin, plane_in, cout, packed, bias, o_.activation, yb, rb,
                                             o_.input_norm ? &norm : nullptr, ctx.workspace.data());
@@ -274,15 +274,44 @@ public:
         }
     }
 
+    /// The window geometry of this conv on an input of shape x (NCHW); throws naming `node` when
+    /// the input is too small for the kernel.
+    kernels::ConvGeometry geometry(const Shape& x, std::string_view node) const {
+        kernels::ConvGeometry g;
+        g.in_h = x[2], g.in_w = x[3];
+        g.kernel_h = o_.kernel.h, g.kernel_w = o_.kernel.w, g.stride_h = o_.stride.h, g.stride_w = o_.stride.w;
+        g.pad_h = o_.padding.h, g.pad_w = o_.padding.w, g.dilation_h = o_.dilation.h, g.dilation_w = o_.dilation.w;
+        g.out_h = kernels::ConvGeometry::out_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+        g.out_w = kernels::ConvGeometry::out_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+        if (g.out_h < 1 || g.out_w < 1)
+            fail<ShapeError>("node '", node, "' (Conv2d): input ", x, " is too small for kernel ", o_.kernel.h, "x",
+                             o_.kernel.w, " (dilation ", o_.dilation.h, "x", o_.dilation.w, ", padding ", o_.padding.h,
+                             "x", o_.padding.w, ")");
+        return g;
+    }
+
 private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
     std::size_t norm_param() const { return o_.bias ? 2 : 1; }  // input_scale, then input_shift
     std::size_t expand_param() const { return norm_param() + (o_.input_norm ? 2 : 0); }  // expand_weight, expand_bias
 
+    struct Packed : PackedParams {
+        std::vector<T> weights;  // panels of kernels::pack_direct_weights
+        Index bytes() const override { return static_cast<Index>(weights.size() * sizeof(T)); }
+    };
+    // The direct kernel's panels of w [rows, cols, taps]: pre-packed, or packed into `local` (on
+    // the first image of a batch, the rest reusing them)
+    static const T* packed_weights(const Packed* pre, std::vector<T>& local, bool first, const T* w, Index rows,
+                                   Index cols, int taps) {
+        if (pre) return pre->weights.data();
+        local.resize(static_cast<std::size_t>(kernels::direct_packed_size(rows, cols, taps)));
+        if (first) kernels::pack_direct_weights(w, rows, cols, taps, local.data());
+        return local.data();
+    }
     // One image of a conv with its expansion folded in (expand_input): the fused kernel where it
-    // fits (its panels pre-packed, or packed into `local` for the first image), else the
-    // expansion into the workspace and the depthwise conv over it.
-    void expand_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const T* packed,
+    // fits (on the expansion's panels), else the expansion into the workspace and the depthwise
+    // conv over it.
+    void expand_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const Packed* pre,
                         std::vector<T>& local, bool first, T* y, const T* res) const {
         const Index cin = ctx.inputs[0].shape[1], cexp = ctx.params[0].shape[0];
         const T* ew = ctx.params[expand_param()].data;
@@ -295,24 +324,18 @@ private:
             return;
         }
 #if defined(__AVX512F__)
-        if (!packed) {
-            local.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
-            if (first) kernels::pack_direct_weights(ew, cexp, cin, 1, local.data());
-            packed = local.data();
-        }
+        const T* packed = packed_weights(pre, local, first, ew, cexp, cin, 1);
         if (g.stride_h == 1)
             kernels::expand_depthwise<T, 1>(x, cin, g, cexp, packed, eb, o_.expand_activation, ctx.params[0].data, bias,
                                             o_.activation, y, res);
         else
             kernels::expand_depthwise<T, 2>(x, cin, g, cexp, packed, eb, o_.expand_activation, ctx.params[0].data, bias,
                                             o_.activation, y, res);
+#else
+        (void)pre, (void)local, (void)first;  // expand_depthwise_fits is false
 #endif
     }
 
-    struct Packed : PackedParams {
-        std::vector<T> weights;  // panels of kernels::pack_direct_weights
-        Index bytes() const override { return static_cast<Index>(weights.size() * sizeof(T)); }
-    };
     // Shapes the direct kernels take (one conv group, no dilation): 3x3 stride 1,
     // 3x3 stride 2 and 7x7 stride 2 (stems). At stride 2 with 256 or more input
     // channels im2col + GEMM measured up to 10% faster than the padded phase planes
@@ -405,19 +428,6 @@ private:
                 epilogue(dst, bias, act, res, 0, cout_g, plane, p0, p1);
             },
             cout_g * k * width);
-    }
-    kernels::ConvGeometry geometry(const Shape& x, std::string_view node) const {
-        kernels::ConvGeometry g;
-        g.in_h = x[2], g.in_w = x[3];
-        g.kernel_h = o_.kernel.h, g.kernel_w = o_.kernel.w, g.stride_h = o_.stride.h, g.stride_w = o_.stride.w;
-        g.pad_h = o_.padding.h, g.pad_w = o_.padding.w, g.dilation_h = o_.dilation.h, g.dilation_w = o_.dilation.w;
-        g.out_h = kernels::ConvGeometry::out_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-        g.out_w = kernels::ConvGeometry::out_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-        if (g.out_h < 1 || g.out_w < 1)
-            fail<ShapeError>("node '", node, "' (Conv2d): input ", x, " is too small for kernel ", o_.kernel.h, "x",
-                             o_.kernel.w, " (dilation ", o_.dilation.h, "x", o_.dilation.w, ", padding ", o_.padding.h,
-                             "x", o_.padding.w, ")");
-        return g;
     }
     Conv2dOptions o_;
 };
