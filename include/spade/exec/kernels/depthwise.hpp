@@ -173,8 +173,11 @@ namespace detail {
 // Output rows [o0, o1) of one channel of depthwise_rows: y is the channel's output plane, input
 // row ih (of g.in_h) is read at x + (ih - row0) * g.in_w, and only the rows those outputs need
 // are: from S o0 - 1 to S (o1 - 1) + 1, within the input. `w` is the channel's 9 weights.
+// Not inlined: inlined into the serial loop of one thread (and into the fused kernel's job loop),
+// GCC 12 made the tiles 1.45x slower (72 channels at 56 x 56 on one thread: 106 against 72 us,
+// which the call costs back on 7 x 7 planes only, 3-5 %).
 template <class T, int S>
-[[gnu::always_inline]] inline void depthwise_rows_channel(const T* x, Index row0, const ConvGeometry& g, const T* w, T bias, FusedClamp<T> act,
+[[gnu::noinline]] void depthwise_rows_channel(const T* x, Index row0, const ConvGeometry& g, const T* w, T bias, FusedClamp<T> act,
                             T* y, const T* res, Index o0, Index o1) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count, R = 4;
@@ -300,7 +303,7 @@ inline bool expand_depthwise_fits(const ConvGeometry& g) {
 /// rest, two jobs per thread. The expanded rows stay in the core's L1 or L2 where the two layers
 /// had written 0.3-4.8 MB and read it back, half from the other core: on the Intel AMX machine,
 /// two threads, the pairs of MobileNet-v2 pruned by half and by three quarters ran 1.3-2.8x
-/// faster fused, the dense ones 1.2-1.8x; on one thread 1.0-1.4x.
+/// faster fused, the dense ones 1.2-1.8x; on one thread 0.93-1.35x.
 template <class T, int S>
 void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, const T* packed, const T* bias_e,
                       FusedActivation act_e, const T* w, const T* bias, FusedActivation act, T* out,
