@@ -560,8 +560,10 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     // Two threads, so that the jobs (and with them the tiles of several steps) are the same on
     // every machine: 14 x 14 and 30 x 5 have steps inside the plane with several rows per vector,
     // 33 x 31 tiles of four steps (one or two outputs) whose last one ends past the plane.
-    // 3 and 5 inputs: at stride 2 their planes fill in 3 and 2 bands of rows. The workspace starts
-    // as NaN, so that a margin or slack left unwritten shows.
+    // 3 and 5 inputs: at stride 2 the 3 take the banded path (a band of output rows per thread, its
+    // planes filled where it is computed; on planes of 4 and more output rows), the 5 fill their
+    // planes in 2 bands of rows first. The workspace starts as NaN, so that a margin or slack left
+    // unwritten shows.
     const ThreadCountScope two(2);
     auto check = [&]<int S>() {
         for (const auto& [h, w] : {std::pair<Index, Index>{7, 7}, {5, 3}, {9, 23}, {6, 37}, {1, 20}, {20, 1}, {1, 1},
@@ -614,4 +616,44 @@ TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes,
     };
     check.template operator()<1>();
     check.template operator()<2>();
+}
+
+TEMPLATE_TEST_CASE("a stem's stride-2 3x3 conv in bands of output rows matches a plain loop when the bands take "
+                   "several rounds of the threads",
+                   "[conv]", float, double) {
+    // 3 inputs at 180 x 600: 512 KiB of phase planes hold 36 output rows of 300 (float) or 18
+    // (double), so the 90 output rows split into 4 or 6 bands on two threads, 3 or 6 on three;
+    // 8 outputs (a whole panel) and 3 (a thin one)
+    using T = TestType;
+    const Index cin = 3, h = 180, w = 600, ho = 90, wo = 300;
+    for (const int threads : {2, 3})
+        for (const Index cout : {8, 3}) {
+            const ThreadCountScope scope(threads);
+            const auto x = test::random_tensor<T>({cin, h, w}, 31, -2.0, 2.0);
+            const auto wt = test::random_tensor<T>({cout, cin, 3, 3}, 32);
+            const auto bias = test::random_tensor<T>({cout}, 33);
+            std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, 9)));
+            kernels::pack_direct_weights(wt.data(), cout, cin, 9, packed.data());
+            const auto g = kernels::direct_geometry<T, 3, 3, 2>(cin, h, w, 1, 1, cout);
+            std::vector<T> work(static_cast<std::size_t>(g.workspace(2)), std::numeric_limits<T>::quiet_NaN());
+            std::vector<T> y(static_cast<std::size_t>(cout * ho * wo));
+            kernels::conv_direct<T, 3, 3, 2>(x.data(), g, packed.data(), bias.data(), FusedActivation::none, y.data(),
+                                             work.data());
+            double worst = 0;
+            for (Index o = 0; o < cout; ++o)
+                for (Index i = 0; i < ho; ++i)
+                    for (Index j = 0; j < wo; ++j) {
+                        double s = bias[o];
+                        for (Index c = 0; c < cin; ++c)
+                            for (Index a = 0; a < 3; ++a)
+                                for (Index b = 0; b < 3; ++b) {
+                                    const Index ii = 2 * i + a - 1, jj = 2 * j + b - 1;
+                                    if (ii >= 0 && ii < h && jj >= 0 && jj < w)
+                                        s += double(wt[((o * cin + c) * 3 + a) * 3 + b]) * double(x[(c * h + ii) * w + jj]);
+                                }
+                        worst = std::max(worst, std::abs(s - double(y[(o * ho + i) * wo + j])));
+                    }
+            INFO(threads << " threads, " << cout << " outputs");
+            CHECK(worst < (sizeof(T) == 4 ? 1e-4 : 1e-12));
+        }
 }
