@@ -36,6 +36,18 @@ Tensor<double> ref_conv2d(const Tensor<double>& x, const Parameter<double>& w, c
     return y;
 }
 
+// start + one output (r, q) of a 3x3 depthwise conv of padding 1 in double: weights w9, the
+// input plane h x w read through at(pixel index)
+template <class W, class In>
+double depthwise3x3_ref(const W* w9, double start, Index h, Index w, Index stride, Index r, Index q, In&& at) {
+    for (Index i = 0; i < 3; ++i)
+        for (Index j = 0; j < 3; ++j) {
+            const Index ii = r * stride + i - 1, jj = q * stride + j - 1;
+            if (ii >= 0 && ii < h && jj >= 0 && jj < w) start += double(w9[i * 3 + j]) * double(at(ii * w + jj));
+        }
+    return start;
+}
+
 }  // namespace
 
 TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
@@ -445,13 +457,9 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                 for (Index o = 0; o < cout; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q) {
-                            double s = plain ? 0.0 : double(bias[o]);
-                            for (Index i = 0; i < 3; ++i)
-                                for (Index j = 0; j < 3; ++j) {
-                                    const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
-                                    if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w)
-                                        s += double(w[o * 9 + i * 3 + j]) * double(x[((o / c.multiplier) * c.h + ii) * c.w + jj]);
-                                }
+                            const T* plane = x.data() + (o / c.multiplier) * c.h * c.w;
+                            const double s = depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), c.h, c.w,
+                                                              c.stride, r, q, [&](Index k) { return plane[k]; });
                             const double want = plain ? s : std::clamp(s + double(res[o * n + r * g.out_w + q]), 0.0, 6.0);
                             const double got = y[o * n + r * g.out_w + q];
                             INFO((sizeof(T) == 4 ? "float" : "double")
@@ -524,12 +532,8 @@ TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two 
                 for (Index o = 0; o < c.cexp; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q) {
-                            double s = plain ? 0.0 : double(bias[o]);
-                            for (Index i = 0; i < 3; ++i)
-                                for (Index j = 0; j < 3; ++j) {
-                                    const Index ii = r * c.stride + i - 1, jj = q * c.stride + j - 1;
-                                    if (ii >= 0 && ii < c.h && jj >= 0 && jj < c.w) s += double(w[o * 9 + i * 3 + j]) * e[o * n + ii * c.w + jj];
-                                }
+                            const double s = depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), c.h, c.w,
+                                                              c.stride, r, q, [&](Index k) { return e[o * n + k]; });
                             const double want = plain || std::isnan(s) ? s : std::clamp(s + double(res[o * n_out + r * g.out_w + q]), 0.0, 6.0);
                             const double got = y[o * n_out + r * g.out_w + q];
                             INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "

@@ -693,9 +693,6 @@ template <class T, int S, int R, int N, bool Edge, class V>
         }
     }
 }
-// One channel x [h, w] into the four unpadded phase planes of flat3x3_tile at stride 2 (g.flat_plane apart):
-// each a zero margin of out_w + 1, then out_h x out_w pixels (zero past the input's last odd row
-// or column). Fills the rows [r0, r1) of the planes (and the margins with r0 = 0).
 // Input row ih of one channel x [h, w] split into its even and odd columns (out_w each, the odd
 // ones zero past the last odd column), or zeros for a row past the input.
 template <class T>
@@ -708,6 +705,9 @@ template <class T>
         std::fill(odd, odd + g.out_w, T(0));
     }
 }
+// One channel x [h, w] into the four unpadded phase planes of flat3x3_tile at stride 2 (g.flat_plane apart):
+// each a zero margin of out_w + 1, then out_h x out_w pixels (zero past the input's last odd row
+// or column). Fills the rows [r0, r1) of the planes (and the margins with r0 = 0).
 template <class T>
 void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes, Index r0, Index r1) {
     const Index wo = g.out_w, margin = wo + 1;
