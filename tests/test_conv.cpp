@@ -639,6 +639,7 @@ TEMPLATE_TEST_CASE("a stem's stride-2 3x3 conv in bands of output rows matches a
             std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(cout, cin, 9)));
             kernels::pack_direct_weights(wt.data(), cout, cin, 9, packed.data());
             const auto g = kernels::direct_geometry<T, 3, 3, 2>(cin, h, w, 1, 1, cout);
+            CHECK(g.same == (kernels::detail::vector_bytes >= 64));  // else the padded planes, not the bands
             std::vector<T> work(static_cast<std::size_t>(g.workspace(2)), std::numeric_limits<T>::quiet_NaN());
             std::vector<T> y(static_cast<std::size_t>(cout * ho * wo));
             kernels::conv_direct<T, 3, 3, 2>(x.data(), g, packed.data(), bias.data(), FusedActivation::none, y.data(),

@@ -726,7 +726,8 @@ template <class T>
 void fill_band_planes(const T* x, const DirectGeometry& g, T* planes, Index stride, Index r0, Index r1) {
     const Index wo = g.out_w;
     for (int p = 0; p < 4; ++p) planes[p * stride] = T(0);
-    std::fill(planes + 1, planes + 1 + wo, T(0));  // the even rows' margins: never read but by masked-off lanes
+    // the even rows' margins: read by masked-off lanes and by the plane before's last step only
+    std::fill(planes + 1, planes + 1 + wo, T(0));
     std::fill(planes + stride + 1, planes + stride + 1 + wo, T(0));
     T* above = planes + 2 * stride + 1;
     if (r0 > 0) {
@@ -828,12 +829,15 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
         // one band per thread, or whole rounds of them of at most 512 KiB of planes each
         const Index threads = num_threads(), cap = std::max<Index>(1, (Index(1) << 19) / Index(sizeof(T)) / (g.cin * 4 * w));
         const Index bands = ((g.out_h + cap - 1) / cap + threads - 1) / threads * threads;
-        const Index band_rows = (g.out_h + bands - 1) / bands, stride = w + 1 + band_rows * w;
-        ThreadScratch<T> scratch(static_cast<std::size_t>(g.cin * 4 * stride + NR), std::nullopt);
+        const Index band_rows = (g.out_h + bands - 1) / bands;
+        ThreadScratch<T> scratch(static_cast<std::size_t>(g.cin * 4 * (w + 1 + band_rows * w) + NR), std::nullopt);
         parallel_for(
             bands,
             [&](long b) {
                 const Index o0 = b * g.out_h / bands, o1 = (b + 1) * g.out_h / bands, total = (o1 - o0) * w;
+                // planes as tall as the band: a plane's last step reads into the next one's margin,
+                // all written in this call (or the zeroed slack), never a row an earlier band left
+                const Index stride = w + 1 + total;
                 T* planes = scratch.slice();
                 for (Index c = 0; c < g.cin; ++c)
                     fill_band_planes(x + c * g.h * g.w, g, planes + c * 4 * stride, stride, o0, o1);
