@@ -56,7 +56,7 @@ struct CompileOptions {
     bool fuse_residuals = true;    ///< fuse a residual Add into the Conv2d producing one of its operands
     bool pool_first = true;        ///< run a 1x1 Conv2d after the AvgPool2d that follows it (see the file comment)
     bool fuse_input_norms = true;  ///< fold a BatchNorm2d (and ReLU) that only feeds a 1x1 Conv2d into the conv's input pass
-    bool fuse_expansions = true;   ///< fold a 1x1 Conv2d that only feeds a depthwise Conv2d into its input pass (see the file comment)
+    bool fuse_expansions = true;   ///< fold a 1x1 Conv2d that only feeds a depthwise Conv2d into its input pass
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
     bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
@@ -347,7 +347,8 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 Parameter<T> bias(node.name + ".bias", Shape{cout});
                 for (Index c = 0; c < cout; ++c) bias.data()[c] = static_cast<T>(shift[c]);
                 params = {out.add_parameter(std::move(w)), out.add_parameter(std::move(bias))};
-                if (co.input_norm || co.expand_input)  // a conv compiled before keeps its input pass (the parameters after its bias)
+                // a conv compiled before keeps its input pass (the parameters after its bias)
+                if (co.input_norm || co.expand_input)
                     for (std::size_t k = conv.options().bias ? 2 : 1; k < node.params.size(); ++k)
                         params.push_back(copy_param(node.params[k]));
             } else {

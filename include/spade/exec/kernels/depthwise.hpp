@@ -177,8 +177,8 @@ namespace detail {
 // GCC 12 made the tiles 1.45x slower (72 channels at 56 x 56 on one thread: 106 against 72 us,
 // which the call costs back on 7 x 7 planes only, 3-5 %).
 template <class T, int S>
-[[gnu::noinline]] void depthwise_rows_channel(const T* x, Index row0, const ConvGeometry& g, const T* w, T bias, FusedClamp<T> act,
-                            T* y, const T* res, Index o0, Index o1) {
+[[gnu::noinline]] void depthwise_rows_channel(const T* x, Index row0, const ConvGeometry& g, const T* w, T bias,
+                                              FusedClamp<T> act, T* y, const T* res, Index o0, Index o1) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count, R = 4;
     V wc[9];  // broadcast once per channel

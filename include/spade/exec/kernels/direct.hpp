@@ -827,7 +827,8 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
         // faster alone, MobileNet-v2's stem in the network 69-73 -> 60-62 us pruned at 75 %,
         // 155 -> 141-147 us dense; one thread unchanged.
         // one band per thread, or whole rounds of them of at most 512 KiB of planes each
-        const Index threads = num_threads(), cap = std::max<Index>(1, (Index(1) << 19) / Index(sizeof(T)) / (g.cin * 4 * w));
+        const Index threads = num_threads();
+        const Index cap = std::max<Index>(1, (Index(1) << 19) / Index(sizeof(T)) / (g.cin * 4 * w));  // rows
         const Index bands = ((g.out_h + cap - 1) / cap + threads - 1) / threads * threads;
         const Index band_rows = (g.out_h + bands - 1) / bands;
         ThreadScratch<T> scratch(static_cast<std::size_t>(g.cin * 4 * (w + 1 + band_rows * w) + NR), std::nullopt);

@@ -203,9 +203,9 @@ public:
         if (o_.expand_input) {  // the expansion's panels, for the fused kernel
             if (!kernels::expand_depthwise_fits(g)) return nullptr;
             auto pk = std::make_unique<Packed>();
-            pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(params[0].shape[0], ctx.inputs[0][1], 1)));
-            kernels::pack_direct_weights(params[expand_param()].data, params[0].shape[0], ctx.inputs[0][1], 1,
-                                         pk->weights.data());
+            const Index cexp = params[0].shape[0], cin = ctx.inputs[0][1];
+            pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
+            kernels::pack_direct_weights(params[expand_param()].data, cexp, cin, 1, pk->weights.data());
             return pk;
         }
         if (direct(g, ctx.inputs[0][1], params[0].shape[0], true) == Direct::none) return nullptr;
