@@ -397,6 +397,177 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
                       Catch::Contains("act") && Catch::Contains("expand_activation is set without expand_input"));
 }
 
+TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion goes into that conv too", "[compile]") {
+    // Inverted residual blocks built by hand: the projection (with its norm, its ReLU or the
+    // residual Add; or bare, without a bias) of a fused depthwise conv whose output it alone
+    // reads, on outputs of 14 to 56 rows, joins the conv (project_output). A second reader of
+    // the depthwise conv's output, a 3x3 "projection", a 7 x 7 plane, a depthwise conv with a
+    // residual of its own, or the option off keep it apart. The fused graph computes what the
+    // original computes: on one, two and three threads, with and without pre-packed weights,
+    // saved and loaded, compiled again, and after channels are cut from it.
+    GraphBuilder<double> b(11);
+    auto x = b.input("x", {2, 6, 28, 30});
+    auto expand = [&](Var<double> v, const std::string& name, Index out) {
+        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn"),
+                         name + "_act");
+    };
+    auto dw = [&](Var<double> v, const std::string& name, Index stride) {
+        const Index c = v.channels();
+        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = c, .kernel = 3, .stride = stride, .padding = 1,
+                                                               .groups = c, .bias = false}),
+                                          name + "_bn"),
+                         name + "_act");
+    };
+    auto project = [&](Var<double> v, const std::string& name, Index out, Index k = 1) {
+        return nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = k, .padding = k / 2, .bias = false}),
+                                name + "_bn");
+    };
+    auto y1 = nn::add(project(dw(expand(x, "e1", 13), "d1", 1), "p1", 6), x, "sum1");               // with the residual
+    auto y2 = nn::relu(project(dw(expand(y1, "e2", 11), "d2", 2), "p2", 9), "p2_act");             // stride 2, ReLU
+    auto bare = nn::conv2d(nn::conv2d(nn::conv2d(y1, "e3", {.out_channels = 10, .kernel = 1, .bias = false}), "d3",
+                                      {.out_channels = 10, .kernel = 3, .padding = 1, .groups = 10}),
+                           "p3", {.out_channels = 4, .kernel = 1, .bias = false});                 // no norms, no bias
+    auto d4 = dw(expand(y1, "e4", 7), "d4", 1);                                                    // also the graph's output
+    auto y5 = project(dw(expand(y1, "e5", 5), "d5", 1), "p5", 3, 3);                               // 3x3
+    auto y6 = project(dw(expand(nn::max_pool2d(y1, "pool6", {.kernel = 4}), "e6", 8), "d6", 1), "p6", 5);  // 7 x 7
+    auto e7 = expand(y1, "e7", 6);
+    auto d7 = nn::add(nn::batch_norm2d(nn::conv2d(e7, "d7", {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 6,
+                                                             .bias = false}),
+                                       "d7_bn"),
+                      y1, "sum7");                                                                 // the dw's own residual
+    auto tail = nn::conv2d(bare, "tail", {.out_channels = 3, .kernel = 1});  // reads the block's output channels
+    for (auto v : {y2, tail, project(d4, "p4", 3), d4, y5, y6, project(d7, "p7", 2)}) b.output(v);
+    auto h = std::move(b).build();
+    test::randomize(h, 31);
+    const auto k = compile_for_inference(h);
+    check_same(h, k, 1e-12);
+    const bool fits = kernels::inverted_residual_fits(
+        kernels::ConvGeometry{.in_h = 28, .in_w = 30, .out_h = 28, .out_w = 30, .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1});
+    struct Fused {
+        std::string conv;
+        FusedActivation act;
+        bool residual;
+        Index in, expanded, out;
+    };
+    for (const auto& f : {Fused{"d1", FusedActivation::none, true, 6, 13, 6}, Fused{"d2", FusedActivation::relu, false, 6, 11, 9},
+                          Fused{"d3", FusedActivation::none, false, 6, 10, 4}}) {
+        INFO(f.conv);
+        const auto& node = k.node(k.node_id(f.conv));
+        const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        CHECK(co.project_output == fits);
+        if (!fits) continue;
+        CHECK(co.expand_input);
+        CHECK(co.project_activation == f.act);
+        CHECK(co.residual == f.residual);
+        CHECK(node.inputs.size() == (f.residual ? 2u : 1u));
+        REQUIRE(node.params.size() == 6u);  // weight, bias, expansion and projection weight and bias (zero for p3)
+        CHECK(k.parameter(node.params[2]).shape() == Shape{f.expanded, f.in, 1, 1});
+        CHECK(k.parameter(node.params[4]).shape() == Shape{f.out, f.expanded, 1, 1});
+        CHECK(k.parameter(node.params[5]).shape() == Shape{f.out});
+        CHECK(k.value(node.outputs[0]).shape[1] == f.out);
+        CHECK_FALSE(k.has_node("p" + f.conv.substr(1)));
+    }
+    for (const std::string d : {"d4", "d5", "d6", "d7"}) {
+        INFO(d);
+        CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id(d)).op).options().project_output);
+        CHECK(k.has_node("p" + d.substr(1)));
+    }
+    CHECK(static_cast<const Conv2d<double>&>(*k.node(k.node_id("d5")).op).options().expand_input == fits);
+    const auto off = compile_for_inference(h, {.fuse_projections = false});
+    CHECK(off.has_node("p1"));
+    check_same(h, off, 1e-12);
+    // the same count, but for the zero bias p3 gets: one per projected output
+    CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)) + (fits ? 2 * 4 * 28 * 30 : 0));
+
+    const auto xs = inputs_for(h);
+    const auto want = run_all(h, xs);
+    std::vector<TensorRef<const double>> refs;
+    for (const auto& t : xs) refs.push_back(t.ref());
+    for (const int threads : {1, 2, 3}) {
+        const ThreadCountScope scope(threads);
+        for (const bool prepack : {false, true}) {
+            INFO("threads " << threads << " prepack " << prepack);
+            Executor<double> ex(k);
+            ex.set_prepack(prepack);
+            const auto got = ex.forward(refs);
+            for (std::size_t i = 0; i < got.size(); ++i) CHECK(test::max_rel_err(got[i], want[i]) < 1e-12);
+        }
+    }
+    const test::TempDir dir;
+    save_graph(k, dir / "k.json", dir / "k.safetensors");
+    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
+    CHECK(again.node(again.node_id("d2")).op->attributes() == k.node(k.node_id("d2")).op->attributes());
+    check_same(k, again, 1e-15);
+    const auto twice = compile_for_inference(k);
+    CHECK(twice.nodes().size() == k.nodes().size());
+    check_same(k, twice, 1e-12);
+
+    // channels cut from the compiled graph: a fused block's expanded channels (the conv's weight
+    // and bias, the expansion's rows, the projection's columns) and its projected outputs (the
+    // projection's rows and bias); killed first, so that the outputs stay the same
+    struct Cut {
+        std::string param;
+        int axis;
+        std::vector<Index> units;
+        Index expanded, out;  // of d3, left after the cut
+    };
+    for (const auto& c : {Cut{"d3.weight", 0, {0, 4, 9}, 7, 4}, Cut{"p3.weight", 0, {1, 2}, 10, 2}}) {
+        INFO(c.param);
+        if (!fits) break;
+        auto cut = k;
+        const auto groups = trace_groups(cut);
+        const auto& grp = test::group_of(groups, c.param, c.axis);
+        test::kill_units(cut, grp, c.units);
+        const auto before = run_all(cut, xs);
+        remove_channels(cut, grp, c.units);
+        const auto after = run_all(cut, xs);
+        for (std::size_t i = 0; i < after.size(); ++i) CHECK(test::max_rel_err(after[i], before[i]) < 1e-12);
+        const auto& node = cut.node(cut.node_id("d3"));
+        const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        CHECK(co.project_output);
+        CHECK(co.groups == c.expanded);
+        CHECK(cut.parameter(node.params[4]).shape() == Shape{c.out, c.expanded, 1, 1});
+    }
+
+    // set by hand: on a 7 x 7 plane (no fused kernel there) the conv runs its expansion and
+    // depthwise conv into the workspace and the projection over it, computing the same;
+    // inconsistent settings are refused with the node's name
+    GraphBuilder<double> sb(4);
+    auto sx = sb.input("x", {1, 3, 7, 7});
+    sb.output(nn::relu(project(dw(expand(sx, "e", 10), "d", 1), "p", 4), "p_act"));
+    auto sg = std::move(sb).build();
+    test::randomize(sg, 32);
+    const auto sk = compile_for_inference(sg);
+    REQUIRE(sk.has_node("e"));
+    REQUIRE(sk.has_node("p"));
+    Graph<double> manual;
+    const ValueId mx = manual.add_input("x", {1, 3, 7, 7});
+    std::vector<ParamId> mp;
+    for (const std::string node : {"d", "e", "p"})
+        for (ParamId q : sk.node(sk.node_id(node)).params) mp.push_back(manual.add_parameter(Parameter<double>(sk.parameter(q))));
+    auto mo = static_cast<const Conv2d<double>&>(*sk.node(sk.node_id("d")).op).options();
+    mo.expand_input = true;
+    mo.expand_activation = FusedActivation::relu6;
+    mo.project_output = true;
+    mo.project_activation = FusedActivation::relu;
+    const NodeId md = manual.add_node("d", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
+    manual.add_output(manual.node(md).outputs[0]);
+    check_same(sg, manual, 1e-12);
+    auto no_expand = mo;
+    no_expand.expand_input = false;
+    no_expand.expand_activation = FusedActivation::none;
+    CHECK_THROWS_WITH(manual.add_node("bad", std::make_unique<Conv2d<double>>(no_expand), {mx}, {mp[0], mp[1], mp[4], mp[5]}),
+                      Catch::Contains("bad") && Catch::Contains("project_output needs expand_input"));
+    auto no_project = mo;
+    no_project.project_output = false;
+    CHECK_THROWS_WITH(manual.add_node("act", std::make_unique<Conv2d<double>>(no_project), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
+                      Catch::Contains("act") && Catch::Contains("project_activation is set without project_output"));
+    CHECK_THROWS_WITH(manual.add_node("short", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
+                      Catch::Contains("short") && Catch::Contains("takes 6 parameter(s), got 4"));
+    CHECK_THROWS_WITH(manual.add_node("shape", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3], mp[2], mp[5]}),
+                      Catch::Contains("shape") && Catch::Contains("project_weight"));
+}
+
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {
     // DenseNet: BN + ReLU -> 1x1 conv -> 2x2 average pooling in each of its 3 transitions
     const auto g = test::zoo_model("densenet121");

@@ -550,6 +550,95 @@ TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two 
 #endif
 }
 
+TEST_CASE("an inverted residual block in one pass matches its three layers computed apart", "[conv]") {
+    // inverted_residual against a plain loop in double: y = act_p(P act(dw(act_e(E x + e)) + b) + p + r)
+    // on outputs of 14 to 56 rows, at stride 1 and 2, in one band (one thread: the two-step
+    // path) and in bands of rows on two, three and four threads; expansions and projections
+    // to partial panels (13, 29, 9, 20) and to fewer channels than a panel (3, 7); ReLU6 after
+    // the expansion and the depthwise conv and ReLU after the projection, or none, with and
+    // without the biases and a residual. A NaN in the input reaches only the outputs whose
+    // depthwise window holds a pixel it expanded into, in every projected channel.
+    kernels::ConvGeometry small{.in_h = 14, .in_w = 14, .out_h = 7, .out_w = 7, .kernel_h = 3, .kernel_w = 3, .stride_h = 2,
+                                .stride_w = 2, .pad_h = 1, .pad_w = 1};
+    CHECK_FALSE(kernels::inverted_residual_fits(small));  // 7 x 7 outputs: bands too small
+#if defined(__AVX512F__)
+    auto check = []<class T>(T, double tol) {
+        struct Case {
+            Index cin, cexp, cout, h, w, stride, threads;
+        };
+        for (const auto& c : {Case{5, 13, 7, 14, 14, 1, 2}, Case{1, 29, 3, 29, 31, 2, 2}, Case{16, 24, 16, 28, 28, 1, 3},
+                              Case{3, 40, 9, 56, 20, 1, 4}, Case{8, 17, 12, 20, 14, 1, 1}, Case{6, 8, 20, 57, 29, 2, 2},
+                              Case{4, 3, 5, 15, 17, 1, 2}}) {
+            const ThreadCountScope threads(int(c.threads));
+            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
+                                    .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
+            g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
+            g.out_w = kernels::ConvGeometry::out_extent(c.w, 3, c.stride, 1, 1);
+            REQUIRE(kernels::inverted_residual_fits(g));
+            const Index n = c.h * c.w, n_out = g.out_h * g.out_w;
+            auto x = test::random_tensor<T>({c.cin, c.h, c.w}, 3 * c.h + c.w, -2.0, 2.0);
+            auto ew = test::random_tensor<T>({c.cexp, c.cin}, 5 + c.w);
+            auto eb = test::random_tensor<T>({c.cexp}, 6 + c.w);
+            auto w = test::random_tensor<T>({c.cexp, 3, 3}, 7 + c.w);
+            auto bias = test::random_tensor<T>({c.cexp}, 8 + c.w);
+            auto pw = test::random_tensor<T>({c.cout, c.cexp}, 10 + c.w);
+            auto pb = test::random_tensor<T>({c.cout}, 11 + c.w);
+            auto res = test::random_tensor<T>({c.cout, g.out_h, g.out_w}, 9 + c.w);
+            const Index nan_at = (c.h / 2) * c.w + c.w - 1;  // a row's last pixel, in channel 0
+            x[nan_at] = std::numeric_limits<T>::quiet_NaN();
+            std::vector<T> packed_e(static_cast<std::size_t>(kernels::direct_packed_size(c.cexp, c.cin, 1)));
+            std::vector<T> packed_p(static_cast<std::size_t>(kernels::direct_packed_size(c.cout, c.cexp, 1)));
+            kernels::pack_direct_weights(ew.data(), c.cexp, c.cin, 1, packed_e.data());
+            kernels::pack_direct_weights(pw.data(), c.cout, c.cexp, 1, packed_p.data());
+            for (const bool plain : {false, true}) {
+                const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
+                const auto act_p = plain ? FusedActivation::none : FusedActivation::relu;
+                Tensor<T> y(Shape{c.cout, g.out_h, g.out_w}, T(-7));
+                auto run = [&]<int S>() {
+                    kernels::inverted_residual<T, S>(x.data(), c.cin, g, c.cexp, packed_e.data(), plain ? nullptr : eb.data(),
+                                                     act, w.data(), plain ? nullptr : bias.data(), act, c.cout,
+                                                     packed_p.data(), plain ? nullptr : pb.data(), act_p, y.data(),
+                                                     plain ? nullptr : res.data());
+                };
+                if (c.stride == 1)
+                    run.template operator()<1>();
+                else
+                    run.template operator()<2>();
+                // the three layers in double (NaN where the input pixel is)
+                auto clamp6 = [&](double s) { return plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0); };
+                std::vector<double> e(static_cast<std::size_t>(c.cexp * n)), z(static_cast<std::size_t>(c.cexp * n_out));
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index p = 0; p < n; ++p) {
+                        double s = plain ? 0.0 : double(eb[o]);
+                        for (Index k = 0; k < c.cin; ++k) s += double(ew[o * c.cin + k]) * double(x[k * n + p]);
+                        e[o * n + p] = clamp6(s);
+                    }
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index r = 0; r < g.out_h; ++r)
+                        for (Index q = 0; q < g.out_w; ++q)
+                            z[o * n_out + r * g.out_w + q] =
+                                clamp6(depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), c.h, c.w, c.stride, r,
+                                                        q, [&](Index k) { return e[o * n + k]; }));
+                for (Index o = 0; o < c.cout; ++o)
+                    for (Index p = 0; p < n_out; ++p) {
+                        double s = plain ? 0.0 : double(pb[o]) + double(res[o * n_out + p]);
+                        for (Index k = 0; k < c.cexp; ++k) s += double(pw[o * c.cexp + k]) * z[k * n_out + p];
+                        const double want = plain || std::isnan(s) ? s : std::max(s, 0.0);
+                        const double got = y[o * n_out + p];
+                        INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "
+                             << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " stride " << c.stride
+                             << " threads " << c.threads << " output " << o << ", " << p);
+                        REQUIRE(std::isnan(got) == std::isnan(want));
+                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+                    }
+            }
+        }
+    };
+    check(0.0f, 2e-5);
+    check(0.0, 1e-12);
+#endif
+}
+
 TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes, matches a plain loop at stride 1 and 2, "
                    "NaN kept to its window",
                    "[conv]", float, double) {

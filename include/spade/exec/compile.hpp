@@ -25,6 +25,12 @@
 //     3x3, stride 1 or 2, padding 1, planes of 14 x 14 and more, AVX-512): the
 //     expanded tensor of an inverted residual block (MobileNet-v2) is never written
 //     out whole;
+//   - the 1x1 conv (no padding, dilation or groups, no input norm) that alone reads
+//     such a depthwise conv (one with its expansion in its input pass, without a
+//     residual of its own) goes into that conv's output pass with its folds,
+//     activation and residual (Conv2dOptions::project_output), where the fused kernel
+//     takes the depthwise shape (kernels::inverted_residual_fits: outputs of 14 to 28
+//     rows): the whole block runs in one pass, band by band;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -57,6 +63,7 @@ struct CompileOptions {
     bool pool_first = true;        ///< run a 1x1 Conv2d after the AvgPool2d that follows it (see the file comment)
     bool fuse_input_norms = true;  ///< fold a BatchNorm2d (and ReLU) that only feeds a 1x1 Conv2d into the conv's input pass
     bool fuse_expansions = true;   ///< fold a 1x1 Conv2d that only feeds a depthwise Conv2d into its input pass
+    bool fuse_projections = true;  ///< fold the 1x1 Conv2d that only reads such a depthwise Conv2d into its output pass
     bool prepack = true;           ///< InferenceModel: pack weights once per plan (Executor::set_prepack)
     bool tune_threads = true;      ///< InferenceModel: the fastest thread count per plan, by timing (Executor::set_thread_tuning)
 };
@@ -274,11 +281,41 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         expand_into[r] = static_cast<NodeId>(i);
         expansion[i] = 1;
     }
+    // the 1x1 conv (with its folds, activation and residual) that alone reads such a depthwise conv
+    // (without a residual), where the fused kernel takes its shape, goes into that conv's output pass
+    std::map<NodeId, NodeId> project_into;  // projection -> the depthwise conv that takes it in
+    std::vector<char> projected(n, 0);      // depthwise convs that take a projection in
+    for (const auto& [r, e] : expand_into) {
+        if (!o.fuse_projections) break;
+        const Plan& plan = plans.at(r);
+        if (plan.residual >= 0 || plan.pool >= 0) continue;
+        const ValueId v = g.node(plan.last).outputs[0];
+        const NodeId q = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
+        if (q < 0 || absorbed[static_cast<std::size_t>(q)] || g.node(q).op->type() != "Conv2d" ||
+            g.node(q).inputs[0] != v || input_norm.count(q) || expansion[static_cast<std::size_t>(q)] || expand_into.count(q))
+            continue;
+        const auto& po = static_cast<const Conv2d<T>&>(*g.node(q).op).options();
+        const auto q_plan = plans.find(q);
+        if (!po.pointwise() || po.input_norm || po.expand_input || po.project_output || q_plan == plans.end() ||
+            q_plan->second.pool >= 0)
+            continue;
+        const auto& conv = static_cast<const Conv2d<T>&>(*g.node(r).op);
+        const ValueId x = g.node(e).outputs[0];  // the expanded tensor, the depthwise conv's own input
+        if (!kernels::inverted_residual_fits(conv.geometry(g.value(x).shape, g.node(r).name))) continue;
+        project_into[q] = r;
+        projected[static_cast<std::size_t>(r)] = 1;
+    }
     struct Expansion {
         std::vector<ParamId> params;  // weight, bias (of the copy)
         FusedActivation act;
     };
     std::map<NodeId, Expansion> expansions;  // by the expansion's node
+    struct Projected {  // a depthwise conv waiting for its projection
+        Conv2dOptions options;
+        std::vector<ParamId> params;
+        ValueId input;
+    };
+    std::map<NodeId, Projected> waiting;  // by the depthwise conv's node
 
     Graph<T> out;
     std::vector<ValueId> map(g.values().size(), -1);
@@ -382,6 +419,28 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 params.insert(params.end(), ex.params.begin(), ex.params.end());
                 co.expand_input = true;
                 co.expand_activation = ex.act;
+            }
+            if (projected[i]) {  // emitted with its projection
+                waiting[static_cast<NodeId>(i)] = {co, std::move(params), in[0]};
+                continue;
+            }
+            if (const auto p = project_into.find(static_cast<NodeId>(i)); p != project_into.end()) {
+                // its depthwise conv takes it in: its weight and bias (zero if none), activation and residual
+                if (!co.bias) {
+                    Parameter<T> bias(node.name + ".bias", Shape{cout});
+                    std::fill(bias.data(), bias.data() + cout, T(0));
+                    params.push_back(out.add_parameter(std::move(bias)));
+                }
+                Projected& dw = waiting.at(p->second);
+                dw.options.project_output = true;
+                dw.options.project_activation = co.activation;
+                dw.options.residual = co.residual;
+                dw.params.insert(dw.params.end(), params.begin(), params.end());
+                in[0] = dw.input;
+                const NodeId id = out.add_node(g.node(p->second).name, std::make_unique<Conv2d<T>>(dw.options), std::move(in),
+                                               std::move(dw.params));
+                map[static_cast<std::size_t>(node.outputs[0])] = out.node(id).outputs[0];
+                continue;
             }
             op = std::make_unique<Conv2d<T>>(co);
         }

@@ -170,15 +170,17 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
 
 #if defined(__AVX512F__)
 namespace detail {
-// Output rows [o0, o1) of one channel of depthwise_rows: y is the channel's output plane, input
-// row ih (of g.in_h) is read at x + (ih - row0) * g.in_w, and only the rows those outputs need
-// are: from S o0 - 1 to S (o1 - 1) + 1, within the input. `w` is the channel's 9 weights.
+// Output rows [o0, o1) of one channel of depthwise_rows: output row oh is written at
+// y + (oh - out_row0) * g.out_w (and res read there), input row ih (of g.in_h) is read at
+// x + (ih - row0) * g.in_w, and only the rows those outputs need are: from S o0 - 1 to
+// S (o1 - 1) + 1, within the input. `w` is the channel's 9 weights.
 // Not inlined: inlined into the serial loop of one thread (and into the fused kernel's job loop),
 // GCC 12 made the tiles 1.45x slower (72 channels at 56 x 56 on one thread: 106 against 72 us,
 // which the call costs back on 7 x 7 planes only, 3-5 %).
 template <class T, int S>
 [[gnu::noinline]] void depthwise_rows_channel(const T* x, Index row0, const ConvGeometry& g, const T* w, T bias,
-                                              FusedClamp<T> act, T* y, const T* res, Index o0, Index o1) {
+                                              FusedClamp<T> act, T* y, const T* res, Index o0, Index o1,
+                                              Index out_row0 = 0) {
     using V = typename Lanes<T>::type;
     constexpr int L = Lanes<T>::count, R = 4;
     V wc[9];  // broadcast once per channel
@@ -225,7 +227,7 @@ template <class T, int S>
                 }
         }
         for (int k = 0; k < B; ++k) {
-            const Index at = (oh + k) * width + ow;
+            const Index at = (oh + k - out_row0) * width + ow;
             store_vector_masked(acc[k], bias, act, y + at, res ? res + at : nullptr, keep);
         }
     };
@@ -292,6 +294,42 @@ inline bool expand_depthwise_fits(const ConvGeometry& g) {
 }
 
 #if defined(__AVX512F__)
+namespace detail {
+// The expansion and depthwise step of one weight panel p for output rows [o0, o1): the
+// panel's expanded channels over input rows [lo, hi) (the rows those outputs need) into `e`
+// (a row of channels `count` pixels apart, count = (hi - lo) in_w), then the depthwise row
+// tiles over them, channel c's output row oh written at out + c out_plane + (oh - out_row0) out_w.
+template <class T, int S>
+[[gnu::always_inline]] inline void expand_depthwise_panel(const T* x, Index cin, const ConvGeometry& g, Index cexp,
+                                                          const T* packed, const T* bias_e, FusedClamp<T> clamp_e,
+                                                          const T* w, const T* bias, FusedClamp<T> clamp, Index p,
+                                                          Index lo, Index hi, Index o0, Index o1, T* e, T* out,
+                                                          Index out_plane, Index out_row0, const T* res) {
+    using V = typename Lanes<T>::type;
+    constexpr int MR = direct_mr;
+    constexpr Index NR = direct_nr<T>();
+    const Index n = g.in_h * g.in_w, first = lo * g.in_w, count = (hi - lo) * g.in_w;
+    const Index rows = std::min<Index>(MR, cexp - p * MR);
+    for (Index f = 0; f < count; f += NR) {
+        const Index f0 = std::min(f, count - NR);  // the last step shifted back, not cut
+        V acc[MR][direct_vectors];
+        direct_tile<T, 1, 1, 1>(x + first + f0, cin, n, n, n, packed + p * cin * MR, acc);
+        store_tile(acc, rows, 0, bias_e ? bias_e + p * MR : nullptr, clamp_e, e, static_cast<const T*>(nullptr), count,
+                   f0);
+    }
+    for (Index r = 0; r < rows; ++r) {
+        const Index c = p * MR + r;
+        depthwise_rows_channel<T, S>(e + r * count, lo, g, w + c * 9, bias ? bias[c] : T(0), clamp, out + c * out_plane,
+                                     res ? res + c * out_plane : nullptr, o0, o1, out_row0);
+    }
+}
+// The input rows output rows [o0, o1) of a 3x3 conv of stride S and padding 1 read: [lo, hi)
+template <int S>
+std::pair<Index, Index> input_rows(const ConvGeometry& g, Index o0, Index o1) {
+    return {std::max<Index>(0, S * o0 - 1), std::min<Index>(g.in_h, S * (o1 - 1) + 2)};
+}
+}  // namespace detail
+
 /// out[c] = act(w[c] (*) act_e(E x + bias_e)[c] (+ bias[c]) (+ res[c])): a 1x1 expansion of `cin`
 /// channels to `cexp` (E packed by pack_direct_weights) and a depthwise conv of geometry g on
 /// each expanded channel (expand_depthwise_fits(g)), without the expanded tensor ever being
@@ -309,9 +347,7 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
                       FusedActivation act_e, const T* w, const T* bias, FusedActivation act, T* out,
                       const T* res = nullptr) {
     static_assert(S == 1 || S == 2, "expand_depthwise: stride 1 or 2");
-    using V = typename detail::Lanes<T>::type;
     constexpr int MR = direct_mr;
-    constexpr Index NR = direct_nr<T>();
     const Index n = g.in_h * g.in_w, n_out = g.out_h * g.out_w, panels = (cexp + MR - 1) / MR;
     const Index threads = num_threads();
     // bands of at least 4 output rows: with rows 14 and more wide, every band expands a step of pixels or more
@@ -326,26 +362,83 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
         [&](long job) {
             const Index band = job / groups, group = job % groups;
             const Index o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
-            const Index lo = std::max<Index>(0, S * o0 - 1), hi = std::min<Index>(g.in_h, S * (o1 - 1) + 2);
-            const Index first = lo * g.in_w, count = (hi - lo) * g.in_w;  // the band's input pixels
-            T* e = scratch.slice();  // the expanded rows of a panel's channels, `count` apart
-            for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p) {
-                const Index rows = std::min<Index>(MR, cexp - p * MR);
+            const auto [lo, hi] = detail::input_rows<S>(g, o0, o1);
+            T* e = scratch.slice();  // the expanded rows of a panel's channels
+            for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p)
+                detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed, bias_e, clamp_e, w, bias, clamp, p, lo, hi,
+                                                     o0, o1, e, out, n_out, 0, res);
+        },
+        cexp * n * (cin + 9) / (bands * groups));
+}
+#endif
+
+/// Whether inverted_residual computes a 1x1 expansion, a depthwise conv of geometry `g` and a
+/// 1x1 projection in one pass: where expand_depthwise_fits, on outputs of 14 to 28 rows and 14
+/// columns or more (each thread's band then holds a step of pixels on up to 4 threads).
+inline bool inverted_residual_fits(const ConvGeometry& g) {
+    return expand_depthwise_fits(g) && g.out_h >= 14 && g.out_h <= 56 && g.out_w >= 14;
+}
+
+#if defined(__AVX512F__)
+/// y = act_p(P act(w (*) act_e(E x + bias_e) + bias) + bias_p (+ res)): an inverted residual
+/// block (1x1 expansion of `cin` channels to `cexp`, depthwise conv of geometry g, 1x1
+/// projection to `cout`; E and P packed by pack_direct_weights) in one pass where
+/// inverted_residual_fits(g). On one thread it runs expand_depthwise and conv_pointwise (the
+/// depthwise tensor in a scratch buffer): one band there was 2-10 % slower. Each thread takes a band of output rows through all three
+/// steps: the expansion and depthwise step panel by panel (detail::expand_depthwise_panel)
+/// into a slice of its own holding the band's depthwise outputs of every channel, then the
+/// projection's direct tiles over that slice into the band's rows of y. Neither the expanded
+/// nor the depthwise tensor is written out, and a thread reads the block's input and writes
+/// its output in the rows it owns, as the next block's thread does: the two layers had split
+/// the depthwise tensor by channels and the projection its pixels, so half of the wide tensor
+/// crossed between the cores. Halo rows of the expansion are computed by both bands (2 of 9
+/// at 14 x 14). On the Intel AMX machine, two threads, chains of MobileNet-v2's blocks at
+/// 14 x 14 and 28 x 28 pruned by three quarters ran 1.5-1.6x faster than the two kernels,
+/// pruned by half 1.2-1.35x, dense 1.15x.
+template <class T, int S>
+void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp, const T* packed_e, const T* bias_e,
+                       FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
+                       const T* packed_p, const T* bias_p, FusedActivation act_p, T* y, const T* res = nullptr) {
+    static_assert(S == 1 || S == 2, "inverted_residual: stride 1 or 2");
+    using V = typename detail::Lanes<T>::type;
+    constexpr int MR = direct_mr;
+    constexpr Index NR = direct_nr<T>();
+    const Index n_out = g.out_h * g.out_w, panels = (cexp + MR - 1) / MR, panels_p = (cout + MR - 1) / MR;
+    const Index threads = num_threads();
+    if (threads == 1 || spade::detail::in_parallel()) {  // one band: the two steps apart were as fast or faster
+        ThreadScratch<T> d(static_cast<std::size_t>(cexp * n_out), std::nullopt);  // the depthwise tensor
+        expand_depthwise<T, S>(x, cin, g, cexp, packed_e, bias_e, act_e, w, bias, act, d.slice());
+        return conv_pointwise(d.slice(), cexp, n_out, cout, packed_p, bias_p, act_p, y, res);
+    }
+    // a band of rows per thread, each a step of pixels or more
+    const Index bands = std::clamp<Index>(threads, 1, g.out_h / ((NR + g.out_w - 1) / g.out_w));
+    const Index band_out = (g.out_h + bands - 1) / bands;                 // output rows of the tallest band
+    const Index band_in = std::min(S * band_out + 2, g.in_h);            // its input rows
+    const Index e_size = MR * band_in * g.in_w, d_size = cexp * band_out * g.out_w;
+    // every element read is written first: the expansion's rows, then the depthwise rows of the band
+    ThreadScratch<T> scratch(static_cast<std::size_t>(e_size + d_size), std::nullopt);
+    const FusedClamp<T> clamp_e(act_e), clamp(act), clamp_p(act_p);
+    parallel_for(
+        bands,
+        [&](long band) {
+            const Index o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands, count = (o1 - o0) * g.out_w;
+            const auto [lo, hi] = detail::input_rows<S>(g, o0, o1);
+            T* e = scratch.slice();
+            T* d = e + e_size;  // channel c's depthwise outputs at d + c count
+            for (Index p = 0; p < panels; ++p)
+                detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed_e, bias_e, clamp_e, w, bias, clamp, p, lo, hi,
+                                                     o0, o1, e, d, count, o0, nullptr);
+            for (Index p = 0; p < panels_p; ++p) {
+                const Index rows = std::min<Index>(MR, cout - p * MR);
                 for (Index f = 0; f < count; f += NR) {
                     const Index f0 = std::min(f, count - NR);  // the last step shifted back, not cut
                     V acc[MR][detail::direct_vectors];
-                    detail::direct_tile<T, 1, 1, 1>(x + first + f0, cin, n, n, n, packed + p * cin * MR, acc);
-                    detail::store_tile(acc, rows, 0, bias_e ? bias_e + p * MR : nullptr, clamp_e, e,
-                                       static_cast<const T*>(nullptr), count, f0);
-                }
-                for (Index r = 0; r < rows; ++r) {
-                    const Index c = p * MR + r;
-                    detail::depthwise_rows_channel<T, S>(e + r * count, lo, g, w + c * 9, bias ? bias[c] : T(0), clamp,
-                                                         out + c * n_out, res ? res + c * n_out : nullptr, o0, o1);
+                    detail::direct_tile<T, 1, 1, 1>(d + f0, cexp, count, count, count, packed_p + p * cexp * MR, acc);
+                    detail::store_tile(acc, rows, p * MR, bias_p, clamp_p, y, res, n_out, o0 * g.out_w + f0);
                 }
             }
         },
-        cexp * n * (cin + 9) / (bands * groups));
+        cexp * g.in_h * g.in_w * (cin + 9 + cout) / bands);
 }
 #endif
 

@@ -36,6 +36,14 @@ struct Conv2dOptions {
     /// is never written out whole.
     bool expand_input = false;
     FusedActivation expand_activation = FusedActivation::none;
+    /// y = project_activation(P z + p (+ r)) with z the conv's output (after its activation), P
+    /// [C_p, C, 1, 1] and p [C_p] the last two parameters (project_weight, project_bias): the 1x1
+    /// conv that alone reads a depthwise conv with its expansion folded in (expand_input), folded
+    /// into its output pass (inference compile step), which then outputs C_p channels and takes
+    /// the residual after the projection. Where kernels::inverted_residual_fits, neither the
+    /// expanded nor the depthwise tensor is written out whole.
+    bool project_output = false;
+    FusedActivation project_activation = FusedActivation::none;
 
     /// A 1x1 conv of stride 1 without padding, dilation or groups: the image is its input matrix.
     bool pointwise() const {
@@ -66,7 +74,9 @@ public:
                                     .input_norm = a.get_or<bool>(op, "input_norm", false),
                                     .input_activation = fused_activation_from(a, op, "input_activation"),
                                     .expand_input = a.get_or<bool>(op, "expand_input", false),
-                                    .expand_activation = fused_activation_from(a, op, "expand_activation")});
+                                    .expand_activation = fused_activation_from(a, op, "expand_activation"),
+                                    .project_output = a.get_or<bool>(op, "project_output", false),
+                                    .project_activation = fused_activation_from(a, op, "project_activation")});
     }
 
     std::string type() const override { return "Conv2d"; }
@@ -83,6 +93,9 @@ public:
         if (o_.expand_input) a.set("expand_input", true);
         if (o_.expand_activation != FusedActivation::none)
             a.set("expand_activation", std::string(fused_activation_name(o_.expand_activation)));
+        if (o_.project_output) a.set("project_output", true);
+        if (o_.project_activation != FusedActivation::none)
+            a.set("project_activation", std::string(fused_activation_name(o_.project_activation)));
         return a;
     }
     std::vector<ParamRole> param_roles() const override {
@@ -90,6 +103,7 @@ public:
         if (o_.bias) r.push_back({"bias"});
         if (o_.input_norm) r.insert(r.end(), {{"input_scale"}, {"input_shift"}});
         if (o_.expand_input) r.insert(r.end(), {{"expand_weight"}, {"expand_bias"}});
+        if (o_.project_output) r.insert(r.end(), {{"project_weight"}, {"project_bias"}});
         return r;
     }
 
@@ -99,18 +113,26 @@ public:
     /// and output are one space. Any other grouped conv consumes its input through
     /// per-group columns and loses channels evenly in each conv group. A depthwise conv
     /// with its expansion folded in (expand_input) consumes its input through the
-    /// expansion's columns; its expanded channels are its outputs.
+    /// expansion's columns; its expanded channels are its outputs, or with the projection
+    /// folded in too (project_output) channels of its own that the projection's columns
+    /// consume, its outputs being the projection's rows.
     void channel_rule(ChannelRules& r) const override {
-        const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0);
-        r.same(out, ChannelAxis::param(0, 0, "out"));
-        if (o_.bias) r.same(out, ChannelAxis::param(1, 0));
+        const auto out = ChannelAxis::output(0), in = ChannelAxis::input(0), own = ChannelAxis::param(0, 0, "out");
+        if (o_.project_output) {
+            r.same(out, ChannelAxis::param(project_param(), 0, "out"));
+            r.same(out, ChannelAxis::param(project_param() + 1, 0));
+            r.same(own, ChannelAxis::param(project_param(), 1, "in"));
+        } else {
+            r.same(out, own);
+        }
+        if (o_.bias) r.same(own, ChannelAxis::param(1, 0));
         if (o_.residual) r.same(out, ChannelAxis::input(1));
         if (o_.input_norm)
             for (std::size_t p : {norm_param(), norm_param() + 1}) r.same(in, ChannelAxis::param(p, 0));
         const Index cin = r.inputs()[0][1];
         if (o_.expand_input) {
-            r.same(out, ChannelAxis::param(expand_param(), 0, "out"));
-            r.same(out, ChannelAxis::param(expand_param() + 1, 0));
+            r.same(own, ChannelAxis::param(expand_param(), 0, "out"));
+            r.same(own, ChannelAxis::param(expand_param() + 1, 0));
             r.same(in, ChannelAxis::param(expand_param(), 1, "in"));
         } else if (o_.groups == 1) {
             r.same(in, ChannelAxis::param(0, 1, "in"));
@@ -154,6 +176,18 @@ public:
         } else if (o_.expand_activation != FusedActivation::none) {
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_activation is set without expand_input");
         }
+        Index cy = cout;  // the output's channels
+        if (o_.project_output) {
+            if (!o_.expand_input)
+                fail<ShapeError>("node '", ctx.node, "' (Conv2d): project_output needs expand_input");
+            if (ctx.params[project_param()].rank() != 4)
+                fail<ShapeError>("node '", ctx.node, "' (Conv2d): project_weight must have rank 4");
+            cy = ctx.params[project_param()][0];
+            ctx.expect_param("Conv2d", project_param(), "project_weight", Shape{cy, cout, 1, 1});
+            ctx.expect_param("Conv2d", project_param() + 1, "project_bias", Shape{cy});
+        } else if (o_.project_activation != FusedActivation::none) {
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): project_activation is set without project_output");
+        }
         ctx.expect_param("Conv2d", 0, "weight", Shape{cout, cin / o_.groups, o_.kernel.h, o_.kernel.w});
         if (cin % o_.groups != 0 || cout % o_.groups != 0)
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): input channels ", cin, " and output channels ", cout,
@@ -169,7 +203,7 @@ public:
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): input_activation is set without input_norm");
         }
         auto g = geometry(x, ctx.node);
-        Shape y{x[0], cout, g.out_h, g.out_w};
+        Shape y{x[0], cy, g.out_h, g.out_w};
         if (o_.residual && ctx.inputs[1] != y)
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): residual input has shape ", ctx.inputs[1], ", expected the output's ",
                              y);
@@ -178,16 +212,23 @@ public:
 
     Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
         const Shape& w = ctx.params[0];
-        Index per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0) + (o_.residual ? 1 : 0);
+        const Index residual = o_.residual ? 1 : 0, per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0);
         const Index expand = o_.expand_input ? w[0] * (ctx.inputs[0][1] + 1) * ctx.inputs[0][2] * ctx.inputs[0][3] : 0;
-        return per_out * out[0].numel() + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0)  // the map: a x + b
-               + ctx.inputs[0][0] * expand;                                                 // the 1x1 conv and its bias
+        const Index images = ctx.inputs[0][0], own = images * w[0] * out[0][2] * out[0][3];  // the conv's own outputs
+        const Index project = o_.project_output ? (w[0] + 1 + residual) * out[0].numel() : 0;  // the 1x1 conv, bias, residual
+        return per_out * own + (o_.project_output ? project : residual * own)
+               + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0)  // the map: a x + b
+               + images * expand;                                   // the 1x1 conv and its bias
     }
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
-        if (o_.expand_input) return kernels::expand_depthwise_fits(g) ? 0 : ctx.params[0][0] * g.in_h * g.in_w;
+        if (o_.expand_input) {  // the expanded tensor, and the depthwise one before a projection, where not fused
+            const Index expanded = kernels::expand_depthwise_fits(g) ? 0 : ctx.params[0][0] * g.in_h * g.in_w;
+            const bool whole = !o_.project_output || kernels::inverted_residual_fits(g);
+            return expanded + (whole ? 0 : ctx.params[0][0] * g.out_h * g.out_w);
+        }
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
         if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
             return with_direct(d, [&]<int K, int S>() {
@@ -206,6 +247,11 @@ public:
             const Index cexp = params[0].shape[0], cin = ctx.inputs[0][1];
             pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
             kernels::pack_direct_weights(params[expand_param()].data, cexp, cin, 1, pk->weights.data());
+            if (o_.project_output && kernels::inverted_residual_fits(g)) {  // and the projection's
+                const Index cy = params[project_param()].shape[0];
+                pk->projection.resize(static_cast<std::size_t>(kernels::direct_packed_size(cy, cexp, 1)));
+                kernels::pack_direct_weights(params[project_param()].data, cy, cexp, 1, pk->projection.data());
+            }
             return pk;
         }
         if (direct(g, ctx.inputs[0][1], params[0].shape[0], true) == Direct::none) return nullptr;
@@ -224,6 +270,7 @@ public:
         const auto g = geometry(x.shape, ctx.node);
         const Index n = x.shape[0], cin = x.shape[1], cout = w.shape[0], cin_g = w.shape[1];
         const Index cout_g = cout / o_.groups, plane_in = g.in_h * g.in_w, plane_out = g.out_h * g.out_w;
+        const Index cy = o_.project_output ? ctx.params[project_param()].shape[0] : cout;  // the output's channels
         const Index k = cin_g * g.kernel_h * g.kernel_w;
         std::vector<T> local;  // direct-kernel weights when not pre-packed
         const auto* pre = dynamic_cast<const Packed*>(ctx.packed);
@@ -232,8 +279,12 @@ public:
         const Direct d = direct(g, cin, cout, pre != nullptr);
         for (Index b = 0; b < n; ++b) {
             const T* xb = x.data + b * cin * plane_in;
-            T* yb = y.data + b * cout * plane_out;
-            const T* rb = o_.residual ? ctx.inputs[1].data + b * cout * plane_out : nullptr;
+            T* yb = y.data + b * cy * plane_out;
+            const T* rb = o_.residual ? ctx.inputs[1].data + b * cy * plane_out : nullptr;
+            if (o_.project_output) {
+                project_forward(ctx, g, xb, pre, local, b == 0, yb, rb);
+                continue;
+            }
             if (o_.expand_input) {
                 expand_forward(ctx, g, xb, pre, local, b == 0, yb, rb);
                 continue;
@@ -294,10 +345,12 @@ private:
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
     std::size_t norm_param() const { return o_.bias ? 2 : 1; }  // input_scale, then input_shift
     std::size_t expand_param() const { return norm_param() + (o_.input_norm ? 2 : 0); }  // expand_weight, expand_bias
+    std::size_t project_param() const { return expand_param() + 2; }  // project_weight, project_bias
 
     struct Packed : PackedParams {
-        std::vector<T> weights;  // panels of kernels::pack_direct_weights
-        Index bytes() const override { return static_cast<Index>(weights.size() * sizeof(T)); }
+        std::vector<T> weights;     // panels of kernels::pack_direct_weights
+        std::vector<T> projection;  // a folded-in projection's panels (project_output, where inverted_residual_fits)
+        Index bytes() const override { return static_cast<Index>((weights.size() + projection.size()) * sizeof(T)); }
     };
     // The direct kernel's panels of w [rows, cols, taps]: pre-packed, or packed into `local` (on
     // the first image of a batch, the rest reusing them)
@@ -333,6 +386,46 @@ private:
                                             o_.activation, y, res);
 #else
         (void)pre, (void)local, (void)first;  // expand_depthwise_fits is false
+#endif
+    }
+
+    // One image of a conv with its expansion and projection folded in (project_output): the
+    // fused kernel where it fits (on both 1x1 convs' panels), else the conv with its expansion
+    // into the workspace (after the expanded tensor where that is not fused either) and the
+    // projection over it.
+    void project_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const Packed* pre,
+                         std::vector<T>& local, bool first, T* y, const T* res) const {
+        const Index cexp = ctx.params[0].shape[0], plane_out = g.out_h * g.out_w;
+        const auto& pw = ctx.params[project_param()];
+        const T* pb = ctx.params[project_param() + 1].data;
+        if (!kernels::inverted_residual_fits(g)) {
+            T* z = ctx.workspace.data() + (kernels::expand_depthwise_fits(g) ? 0 : cexp * g.in_h * g.in_w);
+            expand_forward(ctx, g, x, pre, local, first, z, nullptr);
+            gemm_epilogue(pw.shape[0], plane_out, cexp, pw.data, z, pb, o_.project_activation, res, y);
+            return;
+        }
+#if defined(__AVX512F__)
+        const Index cin = ctx.inputs[0].shape[1], cy = pw.shape[0];
+        const T* packed_e = packed_weights(pre, local, first, ctx.params[expand_param()].data, cexp, cin, 1);
+        std::vector<T> local_p;  // the projection's panels when not pre-packed
+        const T* packed_p = pre ? pre->projection.data() : nullptr;
+        if (!pre) {
+            local_p.resize(static_cast<std::size_t>(kernels::direct_packed_size(cy, cexp, 1)));
+            kernels::pack_direct_weights(pw.data, cy, cexp, 1, local_p.data());
+            packed_p = local_p.data();
+        }
+        const T* eb = ctx.params[expand_param() + 1].data;
+        const T* bias = o_.bias ? ctx.params[1].data : nullptr;
+        auto run = [&]<int S>() {
+            kernels::inverted_residual<T, S>(x, cin, g, cexp, packed_e, eb, o_.expand_activation, ctx.params[0].data, bias,
+                                             o_.activation, cy, packed_p, pb, o_.project_activation, y, res);
+        };
+        if (g.stride_h == 1)
+            run.template operator()<1>();
+        else
+            run.template operator()<2>();
+#else
+        (void)pre, (void)local, (void)first;  // inverted_residual_fits is false
 #endif
     }
 
