@@ -373,8 +373,10 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
 #endif
 
 /// Whether inverted_residual computes a 1x1 expansion, a depthwise conv of geometry `g` and a
-/// 1x1 projection in one pass: where expand_depthwise_fits, on outputs of 14 to 28 rows and 14
-/// columns or more (each thread's band then holds a step of pixels on up to 4 threads).
+/// 1x1 projection in one pass: where expand_depthwise_fits, on outputs of 14 to 56 rows and 14
+/// columns or more (so that each thread's band holds a step of pixels on up to 4 threads; on
+/// 7 x 7 outputs it would not on two). With its two blocks of 56-row outputs fused as well as
+/// those of 14 and 28 rows, pruned MobileNet-v2 ran 1-2 % faster than without, dense the same.
 inline bool inverted_residual_fits(const ConvGeometry& g) {
     return expand_depthwise_fits(g) && g.out_h >= 14 && g.out_h <= 56 && g.out_w >= 14;
 }
@@ -383,8 +385,7 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
 /// y = act_p(P act(w (*) act_e(E x + bias_e) + bias) + bias_p (+ res)): an inverted residual
 /// block (1x1 expansion of `cin` channels to `cexp`, depthwise conv of geometry g, 1x1
 /// projection to `cout`; E and P packed by pack_direct_weights) in one pass where
-/// inverted_residual_fits(g). On one thread it runs expand_depthwise and conv_pointwise (the
-/// depthwise tensor in a scratch buffer): one band there was 2-10 % slower. Each thread takes a band of output rows through all three
+/// inverted_residual_fits(g). Each thread takes a band of output rows through all three
 /// steps: the expansion and depthwise step panel by panel (detail::expand_depthwise_panel)
 /// into a slice of its own holding the band's depthwise outputs of every channel, then the
 /// projection's direct tiles over that slice into the band's rows of y. Neither the expanded
@@ -393,8 +394,10 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
 /// the depthwise tensor by channels and the projection its pixels, so half of the wide tensor
 /// crossed between the cores. Halo rows of the expansion are computed by both bands (2 of 9
 /// at 14 x 14). On the Intel AMX machine, two threads, chains of MobileNet-v2's blocks at
-/// 14 x 14 and 28 x 28 pruned by three quarters ran 1.5-1.6x faster than the two kernels,
-/// pruned by half 1.2-1.35x, dense 1.15x.
+/// 14 x 14 and 28 x 28 pruned by three quarters ran 1.33-1.55x faster than the two kernels,
+/// pruned by half 1.16-1.29x, the dense blocks at 14 x 14 to 56 x 56 1.02-1.17x. On one
+/// thread it runs expand_depthwise and conv_pointwise over the depthwise tensor in a scratch
+/// buffer: one band there was 2-10 % slower than the two kernels.
 template <class T, int S>
 void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp, const T* packed_e, const T* bias_e,
                        FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
