@@ -529,43 +529,65 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
         CHECK(cut.parameter(node.params[4]).shape() == Shape{c.out, c.expanded, 1, 1});
     }
 
-    // set by hand: on a 7 x 7 plane (no fused kernel there) the conv runs its expansion and
-    // depthwise conv into the workspace and the projection over it, computing the same;
+    // compiled again after a compile that left a norm and a ReLU after a fused block, whose
+    // depthwise conv has no activation of its own: they stay apart (they act on the projection)
+    GraphBuilder<double> rb(5);
+    auto rx = rb.input("x", {1, 4, 14, 14});
+    auto rd = nn::conv2d(nn::conv2d(rx, "e", {.out_channels = 12, .kernel = 1}), "d",
+                         {.out_channels = 12, .kernel = 3, .padding = 1, .groups = 12});
+    rb.output(nn::relu(nn::batch_norm2d(nn::conv2d(rd, "p", {.out_channels = 5, .kernel = 1}), "p_bn"), "p_act"));
+    auto rg = std::move(rb).build();
+    test::randomize(rg, 33);
+    const auto first = compile_for_inference(rg, {.fold_norms = false, .fuse_activations = false});
+    CHECK(static_cast<const Conv2d<double>&>(*first.node(first.node_id("d")).op).options().project_output == fits);
+    const auto second = compile_for_inference(first);
+    CHECK(second.has_node("p_bn"));
+    check_same(rg, second, 1e-12);
+
+    // set by hand where the fused kernel does not take the block (7 x 7 outputs): the conv runs
+    // its expansion and depthwise conv into the workspace (on 14 x 14 inputs at stride 2 the
+    // fused expansion kernel does that step) and the projection over it, computing the same;
     // inconsistent settings are refused with the node's name
-    GraphBuilder<double> sb(4);
-    auto sx = sb.input("x", {1, 3, 7, 7});
-    sb.output(nn::relu(project(dw(expand(sx, "e", 10), "d", 1), "p", 4), "p_act"));
-    auto sg = std::move(sb).build();
-    test::randomize(sg, 32);
-    const auto sk = compile_for_inference(sg);
-    REQUIRE(sk.has_node("e"));
-    REQUIRE(sk.has_node("p"));
-    Graph<double> manual;
-    const ValueId mx = manual.add_input("x", {1, 3, 7, 7});
-    std::vector<ParamId> mp;
-    for (const std::string node : {"d", "e", "p"})
-        for (ParamId q : sk.node(sk.node_id(node)).params) mp.push_back(manual.add_parameter(Parameter<double>(sk.parameter(q))));
-    auto mo = static_cast<const Conv2d<double>&>(*sk.node(sk.node_id("d")).op).options();
-    mo.expand_input = true;
-    mo.expand_activation = FusedActivation::relu6;
-    mo.project_output = true;
-    mo.project_activation = FusedActivation::relu;
-    const NodeId md = manual.add_node("d", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
-    manual.add_output(manual.node(md).outputs[0]);
-    check_same(sg, manual, 1e-12);
-    auto no_expand = mo;
-    no_expand.expand_input = false;
-    no_expand.expand_activation = FusedActivation::none;
-    CHECK_THROWS_WITH(manual.add_node("bad", std::make_unique<Conv2d<double>>(no_expand), {mx}, {mp[0], mp[1], mp[4], mp[5]}),
-                      Catch::Contains("bad") && Catch::Contains("project_output needs expand_input"));
-    auto no_project = mo;
-    no_project.project_output = false;
-    CHECK_THROWS_WITH(manual.add_node("act", std::make_unique<Conv2d<double>>(no_project), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
-                      Catch::Contains("act") && Catch::Contains("project_activation is set without project_output"));
-    CHECK_THROWS_WITH(manual.add_node("short", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
-                      Catch::Contains("short") && Catch::Contains("takes 6 parameter(s), got 4"));
-    CHECK_THROWS_WITH(manual.add_node("shape", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3], mp[2], mp[5]}),
-                      Catch::Contains("shape") && Catch::Contains("project_weight"));
+    for (const Index side : {7, 14}) {
+        INFO(side);
+        GraphBuilder<double> sb(4);
+        auto sx = sb.input("x", {1, 3, side, side});
+        sb.output(nn::relu(project(dw(expand(sx, "e", 10), "d", side / 7), "p", 4), "p_act"));
+        auto sg = std::move(sb).build();
+        test::randomize(sg, 32);
+        const auto sk = compile_for_inference(sg);
+        REQUIRE(sk.has_node("p"));
+        Graph<double> manual;
+        const ValueId mx = manual.add_input("x", {1, 3, side, side});
+        std::vector<ParamId> mp;
+        for (const std::string node : {"d", "e", "p"}) {
+            if (!sk.has_node(node)) continue;  // the expansion, fused into d
+            for (ParamId q : sk.node(sk.node_id(node)).params) mp.push_back(manual.add_parameter(Parameter<double>(sk.parameter(q))));
+        }
+        REQUIRE(mp.size() == 6u);
+        auto mo = static_cast<const Conv2d<double>&>(*sk.node(sk.node_id("d")).op).options();
+        mo.expand_input = true;
+        mo.expand_activation = FusedActivation::relu6;
+        mo.project_output = true;
+        mo.project_activation = FusedActivation::relu;
+        const NodeId md = manual.add_node("d", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
+        manual.add_output(manual.node(md).outputs[0]);
+        check_same(sg, manual, 1e-12);
+        if (side == 14) continue;
+        auto no_expand = mo;
+        no_expand.expand_input = false;
+        no_expand.expand_activation = FusedActivation::none;
+        CHECK_THROWS_WITH(manual.add_node("bad", std::make_unique<Conv2d<double>>(no_expand), {mx}, {mp[0], mp[1], mp[4], mp[5]}),
+                          Catch::Contains("bad") && Catch::Contains("project_output needs expand_input"));
+        auto no_project = mo;
+        no_project.project_output = false;
+        CHECK_THROWS_WITH(manual.add_node("act", std::make_unique<Conv2d<double>>(no_project), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
+                          Catch::Contains("act") && Catch::Contains("project_activation is set without project_output"));
+        CHECK_THROWS_WITH(manual.add_node("short", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3]}),
+                          Catch::Contains("short") && Catch::Contains("takes 6 parameter(s), got 4"));
+        CHECK_THROWS_WITH(manual.add_node("shape", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3], mp[2], mp[5]}),
+                          Catch::Contains("shape") && Catch::Contains("project_weight"));
+    }
 }
 
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {

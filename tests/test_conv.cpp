@@ -48,6 +48,46 @@ double depthwise3x3_ref(const W* w9, double start, Index h, Index w, Index strid
     return start;
 }
 
+// The geometry of a 3x3 conv of padding 1 and stride s on an h x w input
+kernels::ConvGeometry same3x3(Index h, Index w, Index s) {
+    kernels::ConvGeometry g{.in_h = h, .in_w = w, .kernel_h = 3, .kernel_w = 3, .stride_h = s, .stride_w = s, .pad_h = 1, .pad_w = 1};
+    g.out_h = kernels::ConvGeometry::out_extent(h, 3, s, 1, 1);
+    g.out_w = kernels::ConvGeometry::out_extent(w, 3, s, 1, 1);
+    return g;
+}
+
+// Random operands of a 1x1 expansion of cin channels to cexp on an h x w input and of the
+// depthwise 3x3 conv after it, a NaN in the input (a row's last pixel, in channel 0), and the
+// expansion's weights packed for the direct tiles
+template <class T>
+struct ExpansionOperands {
+    Index cin, cexp, n;
+    Tensor<T> x, ew, eb, w, bias;
+    std::vector<T> packed;
+    ExpansionOperands(Index cin_, Index cexp_, Index h, Index width)
+        : cin(cin_), cexp(cexp_), n(h * width),
+          x(test::random_tensor<T>({cin, h, width}, 3 * h + width, -2.0, 2.0)),
+          ew(test::random_tensor<T>({cexp, cin}, 5 + width)),
+          eb(test::random_tensor<T>({cexp}, 6 + width)),
+          w(test::random_tensor<T>({cexp, 3, 3}, 7 + width)),
+          bias(test::random_tensor<T>({cexp}, 8 + width)),
+          packed(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1))) {
+        x[(h / 2) * width + width - 1] = std::numeric_limits<T>::quiet_NaN();
+        kernels::pack_direct_weights(ew.data(), cexp, cin, 1, packed.data());
+    }
+    // the expansion in double (with its bias and ReLU6 unless plain), NaN where the input pixel is
+    std::vector<double> expanded(bool plain) const {
+        std::vector<double> e(static_cast<std::size_t>(cexp * n));
+        for (Index o = 0; o < cexp; ++o)
+            for (Index p = 0; p < n; ++p) {
+                double s = plain ? 0.0 : double(eb[o]);
+                for (Index k = 0; k < cin; ++k) s += double(ew[o * cin + k]) * double(x[k * n + p]);
+                e[o * n + p] = plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0);
+            }
+        return e;
+    }
+};
+
 }  // namespace
 
 TEST_CASE("Conv2d matches the reference on random shapes", "[conv]") {
@@ -494,41 +534,24 @@ TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two 
                               Case{16, 24, 56, 20, 1, 2}, Case{3, 16, 57, 19, 2, 3}, Case{4, 10, 60, 14, 1, 3},
                               Case{9, 17, 58, 15, 2, 1}, Case{2, 8, 14, 40, 2, 2}}) {
             const ThreadCountScope threads(int(c.threads));
-            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
-                                    .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
-            g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
-            g.out_w = kernels::ConvGeometry::out_extent(c.w, 3, c.stride, 1, 1);
+            const auto g = same3x3(c.h, c.w, c.stride);
             REQUIRE(kernels::expand_depthwise_fits(g));
             const Index n = c.h * c.w, n_out = g.out_h * g.out_w;
-            auto x = test::random_tensor<T>({c.cin, c.h, c.w}, 3 * c.h + c.w, -2.0, 2.0);
-            auto ew = test::random_tensor<T>({c.cexp, c.cin}, 5 + c.w);
-            auto eb = test::random_tensor<T>({c.cexp}, 6 + c.w);
-            auto w = test::random_tensor<T>({c.cexp, 3, 3}, 7 + c.w);
-            auto bias = test::random_tensor<T>({c.cexp}, 8 + c.w);
+            const ExpansionOperands<T> op(c.cin, c.cexp, c.h, c.w);
+            const auto& [x, ew, eb, w, bias] = std::tie(op.x, op.ew, op.eb, op.w, op.bias);
             auto res = test::random_tensor<T>({c.cexp, g.out_h, g.out_w}, 9 + c.w);
-            const Index nan_at = (c.h / 2) * c.w + c.w - 1;  // a row's last pixel, in channel 0
-            x[nan_at] = std::numeric_limits<T>::quiet_NaN();
-            std::vector<T> packed(static_cast<std::size_t>(kernels::direct_packed_size(c.cexp, c.cin, 1)));
-            kernels::pack_direct_weights(ew.data(), c.cexp, c.cin, 1, packed.data());
             for (const bool plain : {false, true}) {
                 const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
                 Tensor<T> y(Shape{c.cexp, g.out_h, g.out_w}, T(-7));
                 if (c.stride == 1)
-                    kernels::expand_depthwise<T, 1>(x.data(), c.cin, g, c.cexp, packed.data(), plain ? nullptr : eb.data(), act,
-                                                    w.data(), plain ? nullptr : bias.data(), act, y.data(),
+                    kernels::expand_depthwise<T, 1>(x.data(), c.cin, g, c.cexp, op.packed.data(), plain ? nullptr : eb.data(),
+                                                    act, w.data(), plain ? nullptr : bias.data(), act, y.data(),
                                                     plain ? nullptr : res.data());
                 else
-                    kernels::expand_depthwise<T, 2>(x.data(), c.cin, g, c.cexp, packed.data(), plain ? nullptr : eb.data(), act,
-                                                    w.data(), plain ? nullptr : bias.data(), act, y.data(),
+                    kernels::expand_depthwise<T, 2>(x.data(), c.cin, g, c.cexp, op.packed.data(), plain ? nullptr : eb.data(),
+                                                    act, w.data(), plain ? nullptr : bias.data(), act, y.data(),
                                                     plain ? nullptr : res.data());
-                // the expansion in double, NaN where the input pixel is
-                std::vector<double> e(static_cast<std::size_t>(c.cexp * n));
-                for (Index o = 0; o < c.cexp; ++o)
-                    for (Index p = 0; p < n; ++p) {
-                        double s = plain ? 0.0 : double(eb[o]);
-                        for (Index k = 0; k < c.cin; ++k) s += double(ew[o * c.cin + k]) * double(x[k * n + p]);
-                        e[o * n + p] = plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0);
-                    }
+                const auto e = op.expanded(plain);
                 for (Index o = 0; o < c.cexp; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q) {
@@ -570,32 +593,22 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
                               Case{3, 40, 9, 56, 20, 1, 4}, Case{8, 17, 12, 20, 14, 1, 1}, Case{6, 8, 20, 57, 29, 2, 2},
                               Case{4, 3, 5, 15, 17, 1, 2}}) {
             const ThreadCountScope threads(int(c.threads));
-            kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
-                                    .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
-            g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
-            g.out_w = kernels::ConvGeometry::out_extent(c.w, 3, c.stride, 1, 1);
+            const auto g = same3x3(c.h, c.w, c.stride);
             REQUIRE(kernels::inverted_residual_fits(g));
             const Index n = c.h * c.w, n_out = g.out_h * g.out_w;
-            auto x = test::random_tensor<T>({c.cin, c.h, c.w}, 3 * c.h + c.w, -2.0, 2.0);
-            auto ew = test::random_tensor<T>({c.cexp, c.cin}, 5 + c.w);
-            auto eb = test::random_tensor<T>({c.cexp}, 6 + c.w);
-            auto w = test::random_tensor<T>({c.cexp, 3, 3}, 7 + c.w);
-            auto bias = test::random_tensor<T>({c.cexp}, 8 + c.w);
+            const ExpansionOperands<T> op(c.cin, c.cexp, c.h, c.w);
+            const auto& [x, eb, w, bias] = std::tie(op.x, op.eb, op.w, op.bias);
             auto pw = test::random_tensor<T>({c.cout, c.cexp}, 10 + c.w);
             auto pb = test::random_tensor<T>({c.cout}, 11 + c.w);
             auto res = test::random_tensor<T>({c.cout, g.out_h, g.out_w}, 9 + c.w);
-            const Index nan_at = (c.h / 2) * c.w + c.w - 1;  // a row's last pixel, in channel 0
-            x[nan_at] = std::numeric_limits<T>::quiet_NaN();
-            std::vector<T> packed_e(static_cast<std::size_t>(kernels::direct_packed_size(c.cexp, c.cin, 1)));
             std::vector<T> packed_p(static_cast<std::size_t>(kernels::direct_packed_size(c.cout, c.cexp, 1)));
-            kernels::pack_direct_weights(ew.data(), c.cexp, c.cin, 1, packed_e.data());
             kernels::pack_direct_weights(pw.data(), c.cout, c.cexp, 1, packed_p.data());
             for (const bool plain : {false, true}) {
                 const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
                 const auto act_p = plain ? FusedActivation::none : FusedActivation::relu;
                 Tensor<T> y(Shape{c.cout, g.out_h, g.out_w}, T(-7));
                 auto run = [&]<int S>() {
-                    kernels::inverted_residual<T, S>(x.data(), c.cin, g, c.cexp, packed_e.data(), plain ? nullptr : eb.data(),
+                    kernels::inverted_residual<T, S>(x.data(), c.cin, g, c.cexp, op.packed.data(), plain ? nullptr : eb.data(),
                                                      act, w.data(), plain ? nullptr : bias.data(), act, c.cout,
                                                      packed_p.data(), plain ? nullptr : pb.data(), act_p, y.data(),
                                                      plain ? nullptr : res.data());
@@ -606,13 +619,8 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
                     run.template operator()<2>();
                 // the three layers in double (NaN where the input pixel is)
                 auto clamp6 = [&](double s) { return plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0); };
-                std::vector<double> e(static_cast<std::size_t>(c.cexp * n)), z(static_cast<std::size_t>(c.cexp * n_out));
-                for (Index o = 0; o < c.cexp; ++o)
-                    for (Index p = 0; p < n; ++p) {
-                        double s = plain ? 0.0 : double(eb[o]);
-                        for (Index k = 0; k < c.cin; ++k) s += double(ew[o * c.cin + k]) * double(x[k * n + p]);
-                        e[o * n + p] = clamp6(s);
-                    }
+                const auto e = op.expanded(plain);
+                std::vector<double> z(static_cast<std::size_t>(c.cexp * n_out));
                 for (Index o = 0; o < c.cexp; ++o)
                     for (Index r = 0; r < g.out_h; ++r)
                         for (Index q = 0; q < g.out_w; ++q)

@@ -29,7 +29,7 @@
 //     such a depthwise conv (one with its expansion in its input pass, without a
 //     residual of its own) goes into that conv's output pass with its folds,
 //     activation and residual (Conv2dOptions::project_output), where the fused kernel
-//     takes the depthwise shape (kernels::inverted_residual_fits: outputs of 14 to 28
+//     takes the depthwise shape (kernels::inverted_residual_fits: outputs of 14 to 56
 //     rows): the whole block runs in one pass, band by band;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
@@ -153,7 +153,10 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const auto& node = g.nodes()[i];
         const std::string type = node.op->type();
         const auto* conv_op = type == "Conv2d" ? &static_cast<const Conv2d<T>&>(*node.op) : nullptr;
-        const bool conv = conv_op && conv_op->options().activation == FusedActivation::none;
+        // (a conv with a projection folded in, compiled before, outputs the projection's
+        // channels after its own activation: nothing more goes into it)
+        const bool conv = conv_op && conv_op->options().activation == FusedActivation::none &&
+                          !conv_op->options().project_output;
         // a conv compiled before (it adds a residual) may still take an activation, but
         // neither a fold (the residual would not be scaled) nor a second residual
         const bool plain_conv = conv && !conv_op->options().residual;
@@ -310,12 +313,12 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         FusedActivation act;
     };
     std::map<NodeId, Expansion> expansions;  // by the expansion's node
-    struct Projected {  // a depthwise conv waiting for its projection
+    struct Waiting {  // a depthwise conv waiting for its projection
         Conv2dOptions options;
         std::vector<ParamId> params;
         ValueId input;
     };
-    std::map<NodeId, Projected> waiting;  // by the depthwise conv's node
+    std::map<NodeId, Waiting> waiting;  // by the depthwise conv's node
 
     Graph<T> out;
     std::vector<ValueId> map(g.values().size(), -1);
@@ -404,12 +407,14 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 const auto norm_plan = plans.find(pre->second);
                 co.input_activation = norm_plan == plans.end() ? FusedActivation::none : norm_plan->second.act;
             }
+            auto zero_bias = [&] {  // for a 1x1 conv without one that goes into a depthwise conv
+                if (co.bias) return;
+                Parameter<T> bias(node.name + ".bias", Shape{cout});
+                std::fill(bias.data(), bias.data() + cout, T(0));
+                params.push_back(out.add_parameter(std::move(bias)));
+            };
             if (expansion[i]) {  // its depthwise conv takes it in: its weight and bias (zero if none), its activation
-                if (!co.bias) {
-                    Parameter<T> bias(node.name + ".bias", Shape{cout});
-                    std::fill(bias.data(), bias.data() + cout, T(0));
-                    params.push_back(out.add_parameter(std::move(bias)));
-                }
+                zero_bias();
                 expansions[static_cast<NodeId>(i)] = {std::move(params), co.activation};
                 map[static_cast<std::size_t>(node.outputs[0])] = in[0];
                 continue;
@@ -426,12 +431,8 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             }
             if (const auto p = project_into.find(static_cast<NodeId>(i)); p != project_into.end()) {
                 // its depthwise conv takes it in: its weight and bias (zero if none), activation and residual
-                if (!co.bias) {
-                    Parameter<T> bias(node.name + ".bias", Shape{cout});
-                    std::fill(bias.data(), bias.data() + cout, T(0));
-                    params.push_back(out.add_parameter(std::move(bias)));
-                }
-                Projected& dw = waiting.at(p->second);
+                zero_bias();
+                Waiting& dw = waiting.at(p->second);
                 dw.options.project_output = true;
                 dw.options.project_activation = co.activation;
                 dw.options.residual = co.residual;

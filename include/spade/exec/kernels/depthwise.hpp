@@ -295,6 +295,23 @@ inline bool expand_depthwise_fits(const ConvGeometry& g) {
 
 #if defined(__AVX512F__)
 namespace detail {
+// Rows [0, rows) of a 1x1 conv's weight panel `a` (packed, [cin][direct_mr]) over `count`
+// pixels of x (channels `ld` apart), a step of direct_nr pixels at a time, the last step
+// shifted back rather than cut (count >= direct_nr); pixel f of row r finished into
+// y[(o0 + r) plane + at + f] as store_tile does.
+template <class T>
+[[gnu::always_inline]] inline void pointwise_steps(const T* x, Index cin, Index ld, Index count, const T* a, Index rows,
+                                                   Index o0, const T* bias, FusedClamp<T> act, T* y, const T* res,
+                                                   Index plane, Index at) {
+    using V = typename Lanes<T>::type;
+    constexpr Index NR = direct_nr<T>();
+    for (Index f = 0; f < count; f += NR) {
+        const Index f0 = std::min(f, count - NR);
+        V acc[direct_mr][direct_vectors];
+        direct_tile<T, 1, 1, 1>(x + f0, cin, ld, ld, ld, a, acc);
+        store_tile(acc, rows, o0, bias, act, y, res, plane, at + f0);
+    }
+}
 // The expansion and depthwise step of one weight panel p for output rows [o0, o1): the
 // panel's expanded channels over input rows [lo, hi) (the rows those outputs need) into `e`
 // (a row of channels `count` pixels apart, count = (hi - lo) in_w), then the depthwise row
@@ -305,18 +322,11 @@ template <class T, int S>
                                                           const T* w, const T* bias, FusedClamp<T> clamp, Index p,
                                                           Index lo, Index hi, Index o0, Index o1, T* e, T* out,
                                                           Index out_plane, Index out_row0, const T* res) {
-    using V = typename Lanes<T>::type;
     constexpr int MR = direct_mr;
-    constexpr Index NR = direct_nr<T>();
-    const Index n = g.in_h * g.in_w, first = lo * g.in_w, count = (hi - lo) * g.in_w;
+    const Index count = (hi - lo) * g.in_w;
     const Index rows = std::min<Index>(MR, cexp - p * MR);
-    for (Index f = 0; f < count; f += NR) {
-        const Index f0 = std::min(f, count - NR);  // the last step shifted back, not cut
-        V acc[MR][direct_vectors];
-        direct_tile<T, 1, 1, 1>(x + first + f0, cin, n, n, n, packed + p * cin * MR, acc);
-        store_tile(acc, rows, 0, bias_e ? bias_e + p * MR : nullptr, clamp_e, e, static_cast<const T*>(nullptr), count,
-                   f0);
-    }
+    pointwise_steps(x + lo * g.in_w, cin, g.in_h * g.in_w, count, packed + p * cin * MR, rows, 0,
+                    bias_e ? bias_e + p * MR : nullptr, clamp_e, e, static_cast<const T*>(nullptr), count, 0);
     for (Index r = 0; r < rows; ++r) {
         const Index c = p * MR + r;
         depthwise_rows_channel<T, S>(e + r * count, lo, g, w + c * 9, bias ? bias[c] : T(0), clamp, out + c * out_plane,
@@ -392,8 +402,8 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
 /// nor the depthwise tensor is written out, and a thread reads the block's input and writes
 /// its output in the rows it owns, as the next block's thread does: the two layers had split
 /// the depthwise tensor by channels and the projection its pixels, so half of the wide tensor
-/// crossed between the cores. Halo rows of the expansion are computed by both bands (2 of 9
-/// at 14 x 14). On the Intel AMX machine, two threads, chains of MobileNet-v2's blocks at
+/// crossed between the cores. Halo rows of the expansion are computed by both bands (at 14 x 14
+/// on two threads one row of each band's 8). On the Intel AMX machine, two threads, chains of MobileNet-v2's blocks at
 /// 14 x 14 and 28 x 28 pruned by three quarters ran 1.33-1.55x faster than the two kernels,
 /// pruned by half 1.16-1.29x, the dense blocks at 14 x 14 to 56 x 56 1.02-1.17x. On one
 /// thread it runs expand_depthwise and conv_pointwise over the depthwise tensor in a scratch
@@ -403,7 +413,6 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
                        FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
                        const T* packed_p, const T* bias_p, FusedActivation act_p, T* y, const T* res = nullptr) {
     static_assert(S == 1 || S == 2, "inverted_residual: stride 1 or 2");
-    using V = typename detail::Lanes<T>::type;
     constexpr int MR = direct_mr;
     constexpr Index NR = direct_nr<T>();
     const Index n_out = g.out_h * g.out_w, panels = (cexp + MR - 1) / MR, panels_p = (cout + MR - 1) / MR;
@@ -431,15 +440,9 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
             for (Index p = 0; p < panels; ++p)
                 detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed_e, bias_e, clamp_e, w, bias, clamp, p, lo, hi,
                                                      o0, o1, e, d, count, o0, nullptr);
-            for (Index p = 0; p < panels_p; ++p) {
-                const Index rows = std::min<Index>(MR, cout - p * MR);
-                for (Index f = 0; f < count; f += NR) {
-                    const Index f0 = std::min(f, count - NR);  // the last step shifted back, not cut
-                    V acc[MR][detail::direct_vectors];
-                    detail::direct_tile<T, 1, 1, 1>(d + f0, cexp, count, count, count, packed_p + p * cexp * MR, acc);
-                    detail::store_tile(acc, rows, p * MR, bias_p, clamp_p, y, res, n_out, o0 * g.out_w + f0);
-                }
-            }
+            for (Index p = 0; p < panels_p; ++p)
+                detail::pointwise_steps(d, cexp, count, count, packed_p + p * cexp * MR, std::min<Index>(MR, cout - p * MR),
+                                        p * MR, bias_p, clamp_p, y, res, n_out, o0 * g.out_w);
         },
         cexp * g.in_h * g.in_w * (cin + 9 + cout) / bands);
 }

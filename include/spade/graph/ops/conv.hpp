@@ -406,13 +406,16 @@ private:
         }
 #if defined(__AVX512F__)
         const Index cin = ctx.inputs[0].shape[1], cy = pw.shape[0];
-        const T* packed_e = packed_weights(pre, local, first, ctx.params[expand_param()].data, cexp, cin, 1);
-        std::vector<T> local_p;  // the projection's panels when not pre-packed
+        const T* packed_e = pre ? pre->weights.data() : nullptr;
         const T* packed_p = pre ? pre->projection.data() : nullptr;
-        if (!pre) {
-            local_p.resize(static_cast<std::size_t>(kernels::direct_packed_size(cy, cexp, 1)));
-            kernels::pack_direct_weights(pw.data, cy, cexp, 1, local_p.data());
-            packed_p = local_p.data();
+        if (!pre) {  // both panels in `local`, packed on the first image of a batch
+            const Index size_e = kernels::direct_packed_size(cexp, cin, 1);
+            local.resize(static_cast<std::size_t>(size_e + kernels::direct_packed_size(cy, cexp, 1)));
+            if (first) {
+                kernels::pack_direct_weights(ctx.params[expand_param()].data, cexp, cin, 1, local.data());
+                kernels::pack_direct_weights(pw.data, cy, cexp, 1, local.data() + size_e);
+            }
+            packed_e = local.data(), packed_p = local.data() + size_e;
         }
         const T* eb = ctx.params[expand_param() + 1].data;
         const T* bias = o_.bias ? ctx.params[1].data : nullptr;
