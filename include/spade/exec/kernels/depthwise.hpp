@@ -402,12 +402,13 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
 /// nor the depthwise tensor is written out, and a thread reads the block's input and writes
 /// its output in the rows it owns, as the next block's thread does: the two layers had split
 /// the depthwise tensor by channels and the projection its pixels, so half of the wide tensor
-/// crossed between the cores. Halo rows of the expansion are computed by both bands (at 14 x 14
-/// on two threads one row of each band's 8). On the Intel AMX machine, two threads, chains of MobileNet-v2's blocks at
-/// 14 x 14 and 28 x 28 pruned by three quarters ran 1.33-1.55x faster than the two kernels,
-/// pruned by half 1.16-1.29x, the dense blocks at 14 x 14 to 56 x 56 1.02-1.17x. On one
-/// thread it runs expand_depthwise and conv_pointwise over the depthwise tensor in a scratch
-/// buffer: one band there was 2-10 % slower than the two kernels.
+/// crossed between the cores. Halo rows of the expansion are computed by both bands (at
+/// 14 x 14 on two threads one row of each band's 8). On the Intel AMX machine, two threads,
+/// chains of MobileNet-v2's blocks at 14 x 14 and 28 x 28 pruned by three quarters ran
+/// 1.33-1.55x faster than the two kernels, pruned by half 1.16-1.29x, the dense blocks at
+/// 14 x 14 to 56 x 56 1.02-1.17x. On one thread it runs expand_depthwise and conv_pointwise
+/// over the depthwise tensor in a scratch buffer: one band there was 2-10 % slower than the
+/// two kernels.
 template <class T, int S>
 void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp, const T* packed_e, const T* bias_e,
                        FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
