@@ -33,6 +33,65 @@ void check_same(const Graph<double>& a, const Graph<double>& b, double tol) {
     for (std::size_t k = 0; k < ya.size(); ++k) CHECK(test::max_rel_err(yb[k], ya[k]) < tol);
 }
 
+// Graph k with `units` of the channel group of axis 0 of parameter `param` cut out, killed first
+// so that its outputs on xs stay the same (checked)
+Graph<double> cut_channels(const Graph<double>& k, const std::string& param, const std::vector<Index>& units,
+                           const std::vector<Tensor<double>>& xs) {
+    auto cut = k;
+    const auto groups = trace_groups(cut);
+    const auto& grp = test::group_of(groups, param, 0);
+    test::kill_units(cut, grp, units);
+    const auto before = run_all(cut, xs);
+    remove_channels(cut, grp, units);
+    const auto after = run_all(cut, xs);
+    for (std::size_t i = 0; i < after.size(); ++i) CHECK(test::max_rel_err(after[i], before[i]) < 1e-12);
+    return cut;
+}
+
+// A 1x1 conv of `out` channels without a bias, its BatchNorm and ReLU6 (an inverted residual's expansion)
+Var<double> expand(Var<double> v, const std::string& name, Index out) {
+    return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn"),
+                     name + "_act");
+}
+
+// A k x k depthwise conv of `mult` outputs per channel without a bias, its BatchNorm and ReLU6
+Var<double> dw(Var<double> v, const std::string& name, Index stride, Index k = 3, Index mult = 1) {
+    const Index c = v.channels();
+    return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = c * mult, .kernel = k, .stride = stride,
+                                                           .padding = k / 2, .groups = c, .bias = false}),
+                                      name + "_bn"),
+                     name + "_act");
+}
+
+// Compiled graph k of h computes what h computes through executors on each of `thread_counts`,
+// with and without pre-packed weights; saved and loaded, its node `fused` keeps its attributes
+// and it computes the same; compiled again, it stays as it is.
+void check_compiled(const Graph<double>& h, const Graph<double>& k, std::initializer_list<int> thread_counts,
+                    const std::string& fused) {
+    const auto xs = inputs_for(h);
+    const auto want = run_all(h, xs);
+    std::vector<TensorRef<const double>> refs;
+    for (const auto& t : xs) refs.push_back(t.ref());
+    for (const int threads : thread_counts) {
+        const ThreadCountScope scope(threads);
+        for (const bool prepack : {false, true}) {
+            INFO("threads " << threads << " prepack " << prepack);
+            Executor<double> ex(k);
+            ex.set_prepack(prepack);
+            const auto got = ex.forward(refs);
+            for (std::size_t i = 0; i < got.size(); ++i) CHECK(test::max_rel_err(got[i], want[i]) < 1e-12);
+        }
+    }
+    const test::TempDir dir;
+    save_graph(k, dir / "k.json", dir / "k.safetensors");
+    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
+    CHECK(again.node(again.node_id(fused)).op->attributes() == k.node(k.node_id(fused)).op->attributes());
+    check_same(k, again, 1e-15);
+    const auto twice = compile_for_inference(k);
+    CHECK(twice.nodes().size() == k.nodes().size());
+    check_same(k, twice, 1e-12);
+}
+
 }  // namespace
 
 TEST_CASE("compile: folded and fused zoo models compute what the originals compute", "[compile][zoo]") {
@@ -243,17 +302,6 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     // and after channels are cut from a fused conv (surgery on the compiled graph).
     GraphBuilder<double> b(9);
     auto x = b.input("x", {2, 5, 58, 17});
-    auto expand = [&](Var<double> v, const std::string& name, Index out) {
-        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn"),
-                         name + "_act");
-    };
-    auto dw = [&](Var<double> v, const std::string& name, Index stride, Index k = 3, Index mult = 1) {
-        const Index c = v.channels();
-        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = c * mult, .kernel = k, .stride = stride,
-                                                               .padding = k / 2, .groups = c, .bias = false}),
-                                          name + "_bn"),
-                         name + "_act");
-    };
     auto s1 = dw(expand(x, "e1", 13), "d1", 1);                                          // fused, bands of rows
     auto s2 = dw(expand(x, "e2", 11), "d2", 2);                                          // fused, stride 2
     auto bare = nn::conv2d(nn::conv2d(x, "e3", {.out_channels = 9, .kernel = 1, .bias = false}), "d3",
@@ -304,29 +352,7 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     CHECK(total_macs(k, example_input_shapes(k)) ==
           total_macs(off, example_input_shapes(off)) + (fits ? 2 * 9 * 58 * 17 : 0));
 
-    const auto xs = inputs_for(h);
-    const auto want = run_all(h, xs);
-    std::vector<TensorRef<const double>> refs;
-    for (const auto& t : xs) refs.push_back(t.ref());
-    for (const int threads : {1, 2}) {
-        const ThreadCountScope scope(threads);
-        for (const bool prepack : {false, true}) {
-            INFO("threads " << threads << " prepack " << prepack);
-            Executor<double> ex(k);
-            ex.set_prepack(prepack);
-            const auto got = ex.forward(refs);
-            for (std::size_t i = 0; i < got.size(); ++i) CHECK(test::max_rel_err(got[i], want[i]) < 1e-12);
-        }
-    }
-    // saved and loaded with its fused convs; compiled again, it stays as it is
-    const test::TempDir dir;
-    save_graph(k, dir / "k.json", dir / "k.safetensors");
-    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
-    CHECK(again.node(again.node_id("d1")).op->attributes() == k.node(k.node_id("d1")).op->attributes());
-    check_same(k, again, 1e-15);
-    const auto twice_compiled = compile_for_inference(k);
-    CHECK(twice_compiled.nodes().size() == k.nodes().size());
-    check_same(k, twice_compiled, 1e-12);
+    check_compiled(h, k, {1, 2}, "d1");
     // channels cut from a compiled graph: a fused conv's expanded channels (its weight, bias and
     // the expansion's rows, the projection's columns), and the input channels its expansion reads;
     // killed first, so that the output stays the same
@@ -348,14 +374,7 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     for (const auto& c : {Cut{"cd1.weight", {0, 5, 12}, 10, 5}, Cut{"ce2.weight", {3}, 12, 5}, Cut{"stem.weight", {1, 4}, 13, 3}}) {
         INFO(c.param);
         if (!fits) break;
-        auto cut = ck;
-        const auto groups = trace_groups(cut);
-        const auto& grp = test::group_of(groups, c.param, 0);
-        test::kill_units(cut, grp, c.units);
-        const auto before = run_all(cut, cxs);
-        remove_channels(cut, grp, c.units);
-        const auto after = run_all(cut, cxs);
-        for (std::size_t i = 0; i < after.size(); ++i) CHECK(test::max_rel_err(after[i], before[i]) < 1e-12);
+        const auto cut = cut_channels(ck, c.param, c.units, cxs);
         const auto& node = cut.node(cut.node_id(c.param == "cd1.weight" ? "cd1" : "cd2"));
         const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
         CHECK(co.expand_input);
@@ -407,17 +426,6 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
     // saved and loaded, compiled again, and after channels are cut from it.
     GraphBuilder<double> b(11);
     auto x = b.input("x", {2, 6, 28, 30});
-    auto expand = [&](Var<double> v, const std::string& name, Index out) {
-        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn"),
-                         name + "_act");
-    };
-    auto dw = [&](Var<double> v, const std::string& name, Index stride) {
-        const Index c = v.channels();
-        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = c, .kernel = 3, .stride = stride, .padding = 1,
-                                                               .groups = c, .bias = false}),
-                                          name + "_bn"),
-                         name + "_act");
-    };
     auto project = [&](Var<double> v, const std::string& name, Index out, Index k = 1) {
         return nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = k, .padding = k / 2, .bias = false}),
                                 name + "_bn");
@@ -479,49 +487,21 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
     // the same count, but for the zero bias p3 gets: one per projected output
     CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)) + (fits ? 2 * 4 * 28 * 30 : 0));
 
+    check_compiled(h, k, {1, 2, 3}, "d2");
     const auto xs = inputs_for(h);
-    const auto want = run_all(h, xs);
-    std::vector<TensorRef<const double>> refs;
-    for (const auto& t : xs) refs.push_back(t.ref());
-    for (const int threads : {1, 2, 3}) {
-        const ThreadCountScope scope(threads);
-        for (const bool prepack : {false, true}) {
-            INFO("threads " << threads << " prepack " << prepack);
-            Executor<double> ex(k);
-            ex.set_prepack(prepack);
-            const auto got = ex.forward(refs);
-            for (std::size_t i = 0; i < got.size(); ++i) CHECK(test::max_rel_err(got[i], want[i]) < 1e-12);
-        }
-    }
-    const test::TempDir dir;
-    save_graph(k, dir / "k.json", dir / "k.safetensors");
-    const auto again = load_graph<double>(dir / "k.json", dir / "k.safetensors");
-    CHECK(again.node(again.node_id("d2")).op->attributes() == k.node(k.node_id("d2")).op->attributes());
-    check_same(k, again, 1e-15);
-    const auto twice = compile_for_inference(k);
-    CHECK(twice.nodes().size() == k.nodes().size());
-    check_same(k, twice, 1e-12);
 
     // channels cut from the compiled graph: a fused block's expanded channels (the conv's weight
     // and bias, the expansion's rows, the projection's columns) and its projected outputs (the
     // projection's rows and bias); killed first, so that the outputs stay the same
     struct Cut {
         std::string param;
-        int axis;
         std::vector<Index> units;
         Index expanded, out;  // of d3, left after the cut
     };
-    for (const auto& c : {Cut{"d3.weight", 0, {0, 4, 9}, 7, 4}, Cut{"p3.weight", 0, {1, 2}, 10, 2}}) {
+    for (const auto& c : {Cut{"d3.weight", {0, 4, 9}, 7, 4}, Cut{"p3.weight", {1, 2}, 10, 2}}) {
         INFO(c.param);
         if (!fits) break;
-        auto cut = k;
-        const auto groups = trace_groups(cut);
-        const auto& grp = test::group_of(groups, c.param, c.axis);
-        test::kill_units(cut, grp, c.units);
-        const auto before = run_all(cut, xs);
-        remove_channels(cut, grp, c.units);
-        const auto after = run_all(cut, xs);
-        for (std::size_t i = 0; i < after.size(); ++i) CHECK(test::max_rel_err(after[i], before[i]) < 1e-12);
+        const auto cut = cut_channels(k, c.param, c.units, xs);
         const auto& node = cut.node(cut.node_id("d3"));
         const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
         CHECK(co.project_output);
