@@ -295,23 +295,6 @@ inline bool expand_depthwise_fits(const ConvGeometry& g) {
 
 #if defined(__AVX512F__)
 namespace detail {
-// Rows [0, rows) of a 1x1 conv's weight panel `a` (packed, [cin][direct_mr]) over `count`
-// pixels of x (channels `ld` apart), a step of direct_nr pixels at a time, the last step
-// shifted back rather than cut (count >= direct_nr); pixel f of row r finished into
-// y[(o0 + r) plane + at + f] as store_tile does.
-template <class T>
-[[gnu::always_inline]] inline void pointwise_steps(const T* x, Index cin, Index ld, Index count, const T* a, Index rows,
-                                                   Index o0, const T* bias, FusedClamp<T> act, T* y, const T* res,
-                                                   Index plane, Index at) {
-    using V = typename Lanes<T>::type;
-    constexpr Index NR = direct_nr<T>();
-    for (Index f = 0; f < count; f += NR) {
-        const Index f0 = std::min(f, count - NR);
-        V acc[direct_mr][direct_vectors];
-        direct_tile<T, 1, 1, 1>(x + f0, cin, ld, ld, ld, a, acc);
-        store_tile(acc, rows, o0, bias, act, y, res, plane, at + f0);
-    }
-}
 // The expansion and depthwise step of one weight panel p for output rows [o0, o1): the
 // panel's expanded channels over input rows [lo, hi) (the rows those outputs need) into `e`
 // (a row of channels `count` pixels apart, count = (hi - lo) in_w), then the depthwise row

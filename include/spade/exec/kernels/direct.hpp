@@ -569,6 +569,23 @@ template <class T, class V>
         for (Index r = 0; r < rows; ++r) row(r);
     }
 }
+// Rows [0, rows) of a 1x1 conv's weight panel `a` (packed, [cin][direct_mr]) over `count`
+// pixels of x (channels `ld` apart), a step of direct_nr pixels at a time, the last step
+// shifted back rather than cut (count >= direct_nr); pixel f of row r finished into
+// y[(o0 + r) plane + at + f] as store_tile does.
+template <class T>
+[[gnu::always_inline]] inline void pointwise_steps(const T* x, Index cin, Index ld, Index count, const T* a, Index rows,
+                                                   Index o0, const T* bias, FusedClamp<T> act, T* y, const T* res,
+                                                   Index plane, Index at) {
+    using V = typename Lanes<T>::type;
+    constexpr Index NR = direct_nr<T>();
+    for (Index f = 0; f < count; f += NR) {
+        const Index f0 = std::min(f, count - NR);
+        V acc[direct_mr][direct_vectors];
+        direct_tile<T, 1, 1, 1>(x + f0, cin, ld, ld, ld, a, acc);
+        store_tile(acc, rows, o0, bias, act, y, res, plane, at + f0);
+    }
+}
 }  // namespace detail
 
 namespace detail {
@@ -977,8 +994,7 @@ struct InputNorm {
 template <class T>
 void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed, const T* bias, FusedActivation act,
                     T* y, const T* res = nullptr, const InputNorm<T>* norm = nullptr, T* work = nullptr) {
-    using V = typename detail::Lanes<T>::type;
-    constexpr int MR = direct_mr, NV = detail::direct_vectors;
+    constexpr int MR = direct_mr;
     constexpr Index NR = direct_nr<T>();
     const Index panels = (cout + MR - 1) / MR, steps = (n + NR - 1) / NR;
     const Index block = std::clamp<Index>(Index(1 << 12) / (NR * cin), 1, std::max<Index>(1, steps / (2 * num_threads())));
@@ -1007,13 +1023,10 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
                 in = slice;
             }
             for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p) {
-                const Index rows = std::min<Index>(MR, cout - p * MR);
-                for (Index s = s0; s < s1; ++s) {
-                    const Index f0 = std::min(s * NR, n - NR);
-                    V acc[MR][NV];
-                    detail::direct_tile<T, 1, 1, 1>(in + f0 - lo, cin, ld, ld, ld, packed + p * cin * MR, acc);
-                    detail::store_tile(acc, rows, p * MR, bias, clamp, y, res, n, f0);
-                }
+                // the block's pixels, its last step (the plane's) shifted back to end at n
+                const Index f0 = s0 * NR, count = (s1 == steps ? n : s1 * NR) - f0;
+                detail::pointwise_steps(in + f0 - lo, cin, ld, count, packed + p * cin * MR, std::min<Index>(MR, cout - p * MR),
+                                        p * MR, bias, clamp, y, res, n, f0);
             }
         },
         block * cin * MR * NR * panels / groups);
