@@ -296,7 +296,7 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     // Built by hand: expansions with their norm and ReLU6 (or bare, without a bias) before a
     // depthwise 3x3 of stride 1 and 2 on planes of 14 rows and more fuse, also where a residual
     // Add joins the depthwise conv; a second reader of the expansion (a node or the graph's
-    // output), a 5x5 or a two-output depthwise conv, a 7 x 7 plane, or the option off keep the
+    // output), a 5x5 or a two-output depthwise conv, a 7 x 2 plane, or the option off keep the
     // two apart. The fused graph computes what the original computes: through the executor with
     // and without pre-packed weights, on one thread and two, saved and loaded, compiled again,
     // and after channels are cut from a fused conv (surgery on the compiled graph).
@@ -383,8 +383,9 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
     }
 
     // set by hand: on a 7 x 7 plane the conv expands into its workspace and runs the depthwise
-    // conv over it (no fused kernel there), computing the same; a conv that is not depthwise with
-    // one output per group is refused with the node's name
+    // conv over it (no fused kernel there without a projection to take in too: the compile step
+    // leaves the two apart), computing the same; a conv that is not depthwise with one output per
+    // group is refused with the node's name
     GraphBuilder<double> sb(4);
     auto sx = sb.input("x", {1, 3, 7, 7});
     sb.output(dw(expand(sx, "e", 10), "d", 1));
@@ -419,9 +420,10 @@ TEST_CASE("compile: a 1x1 expansion goes into the depthwise conv that alone read
 TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion goes into that conv too", "[compile]") {
     // Inverted residual blocks built by hand: the projection (with its norm, its ReLU or the
     // residual Add; or bare, without a bias) of a fused depthwise conv whose output it alone
-    // reads, on outputs of 14 to 56 rows, joins the conv (project_output). A second reader of
-    // the depthwise conv's output, a 3x3 "projection", a 7 x 7 plane, a depthwise conv with a
-    // residual of its own, or the option off keep it apart. The fused graph computes what the
+    // reads, on outputs of up to 56 rows, joins the conv (project_output), on a 7 x 7 plane
+    // with the expansion it alone takes in. A second reader of the depthwise conv's output (at
+    // 7 x 7 the expansion stays apart too), a 3x3 "projection", a 4 x 5 plane, a depthwise conv
+    // with a residual of its own, or the option off keep it apart. The fused graph computes what the
     // original computes: on one, two and three threads, with and without pre-packed weights,
     // saved and loaded, compiled again, and after channels are cut from it.
     GraphBuilder<double> b(11);
@@ -438,13 +440,16 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
     auto d4 = dw(expand(y1, "e4", 7), "d4", 1);                                                    // also the graph's output
     auto y5 = project(dw(expand(y1, "e5", 5), "d5", 1), "p5", 3, 3);                               // 3x3
     auto y6 = project(dw(expand(nn::max_pool2d(y1, "pool6", {.kernel = 4}), "e6", 8), "d6", 1), "p6", 5);  // 7 x 7
+    auto y8 = project(dw(expand(nn::max_pool2d(y1, "pool8", {.kernel = 6}), "e8", 8), "d8", 1), "p8", 5);  // 4 x 5
+    auto d9 = dw(expand(nn::max_pool2d(y1, "pool9", {.kernel = 4}), "e9", 5), "d9", 1);  // 7 x 7, the graph's output too
     auto e7 = expand(y1, "e7", 6);
     auto d7 = nn::add(nn::batch_norm2d(nn::conv2d(e7, "d7", {.out_channels = 6, .kernel = 3, .padding = 1, .groups = 6,
                                                              .bias = false}),
                                        "d7_bn"),
                       y1, "sum7");                                                                 // the dw's own residual
     auto tail = nn::conv2d(bare, "tail", {.out_channels = 3, .kernel = 1});  // reads the block's output channels
-    for (auto v : {y2, tail, project(d4, "p4", 3), d4, y5, y6, project(d7, "p7", 2)}) b.output(v);
+    for (auto v : {y2, tail, project(d4, "p4", 3), d4, y5, y6, project(d7, "p7", 2), y8, project(d9, "p9", 3), d9})
+        b.output(v);
     auto h = std::move(b).build();
     test::randomize(h, 31);
     const auto k = compile_for_inference(h);
@@ -458,7 +463,7 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
         Index in, expanded, out;
     };
     for (const auto& f : {Fused{"d1", FusedActivation::none, true, 6, 13, 6}, Fused{"d2", FusedActivation::relu, false, 6, 11, 9},
-                          Fused{"d3", FusedActivation::none, false, 6, 10, 4}}) {
+                          Fused{"d3", FusedActivation::none, false, 6, 10, 4}, Fused{"d6", FusedActivation::none, false, 6, 8, 5}}) {
         INFO(f.conv);
         const auto& node = k.node(k.node_id(f.conv));
         const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
@@ -475,11 +480,13 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
         CHECK(k.value(node.outputs[0]).shape[1] == f.out);
         CHECK_FALSE(k.has_node("p" + f.conv.substr(1)));
     }
-    for (const std::string d : {"d4", "d5", "d6", "d7"}) {
+    for (const std::string d : {"d4", "d5", "d7", "d8", "d9"}) {
         INFO(d);
         CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id(d)).op).options().project_output);
         CHECK(k.has_node("p" + d.substr(1)));
     }
+    CHECK(k.has_node("e8"));
+    CHECK(k.has_node("e9"));  // fused at 7 x 7 only with the projection
     CHECK(static_cast<const Conv2d<double>&>(*k.node(k.node_id("d5")).op).options().expand_input == fits);
     const auto off = compile_for_inference(h, {.fuse_projections = false});
     CHECK(off.has_node("p1"));
@@ -524,15 +531,15 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
     CHECK(second.has_node("p_bn"));
     check_same(rg, second, 1e-12);
 
-    // set by hand where the fused kernel does not take the block (7 x 7 outputs): the conv runs
-    // its expansion and depthwise conv into the workspace (on 14 x 14 inputs at stride 2 the
-    // fused expansion kernel does that step) and the projection over it, computing the same;
-    // inconsistent settings are refused with the node's name
-    for (const Index side : {7, 14}) {
+    // set by hand where the fused kernel does not take the block (5 x 5 outputs, under a step
+    // of pixels, and 58 x 58, over 56 rows): the conv runs its expansion and depthwise conv into
+    // the workspace (at 58 x 58 the fused expansion kernel does that step) and the projection
+    // over it, computing the same; inconsistent settings are refused with the node's name
+    for (const Index side : {5, 58}) {
         INFO(side);
         GraphBuilder<double> sb(4);
         auto sx = sb.input("x", {1, 3, side, side});
-        sb.output(nn::relu(project(dw(expand(sx, "e", 10), "d", side / 7), "p", 4), "p_act"));
+        sb.output(nn::relu(project(dw(expand(sx, "e", 10), "d", 1), "p", 4), "p_act"));
         auto sg = std::move(sb).build();
         test::randomize(sg, 32);
         const auto sk = compile_for_inference(sg);
@@ -553,7 +560,7 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
         const NodeId md = manual.add_node("d", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
         manual.add_output(manual.node(md).outputs[0]);
         check_same(sg, manual, 1e-12);
-        if (side == 14) continue;
+        if (side == 58) continue;
         auto no_expand = mo;
         no_expand.expand_input = false;
         no_expand.expand_activation = FusedActivation::none;

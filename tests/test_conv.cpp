@@ -437,21 +437,23 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     // ones (depthwise_flat, given a whole vector of outputs) and, with AVX-512, the row tiles read
     // in place (depthwise_rows) each. Planes from 1 to 65 wide, odd and even, stride 1 and 2,
     // multipliers 1 and 2; for the row tiles outputs of 1 to 3 rows (tiles of one row), 4, 5 (the
-    // last tile shifted back over the one before) and 9, narrower than a vector (one masked tile a
-    // row), one vector wide and more, inputs of odd and even width and height at stride 2. A NaN
+    // last tile shifted back over the one before), 9, and 57 and 60 (bands of rows on two and
+    // three threads), narrower than a vector (one masked tile a row), one vector wide and more,
+    // inputs of odd and even width and height at stride 2. A NaN
     // at the end of one input row and the start of another must reach exactly the outputs whose
     // window holds it, not the neighbouring row that a flat tap one column off wraps onto, nor the
     // other side of a row tile.
     auto check = []<class T>(T, double tol) {
         struct Case {
-            Index h, w, stride, multiplier;
+            Index h, w, stride, multiplier, threads = 0;  // 0: as set
         };
-        for (const auto& c : {Case{7, 7, 1, 1}, Case{9, 9, 2, 1}, Case{14, 14, 2, 2}, Case{15, 15, 2, 1},
+        for (const auto& c : {Case{60, 20, 1, 1, 2}, Case{113, 9, 2, 2, 3}, Case{7, 7, 1, 1}, Case{9, 9, 2, 1}, Case{14, 14, 2, 2}, Case{15, 15, 2, 1},
                               Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
                               Case{4, 65, 2, 1}, Case{2, 2, 1, 1}, Case{3, 5, 2, 2}, Case{9, 1, 1, 1}, Case{1, 9, 2, 1},
                               Case{1, 17, 1, 1}, Case{3, 24, 1, 2}, Case{4, 16, 1, 1}, Case{5, 40, 1, 1}, Case{9, 49, 1, 1},
                               Case{9, 8, 1, 1}, Case{2, 32, 2, 1}, Case{9, 33, 2, 2}, Case{10, 40, 2, 1}, Case{7, 15, 2, 1},
                               Case{5, 33, 2, 1}, Case{7, 31, 2, 1}}) {
+            const ThreadCountScope threads(int(c.threads));
             const Index ch = 3, cout = ch * c.multiplier;
             kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
                                     .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
@@ -575,15 +577,18 @@ TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two 
 
 TEST_CASE("an inverted residual block in one pass matches its three layers computed apart", "[conv]") {
     // inverted_residual against a plain loop in double: y = act_p(P act(dw(act_e(E x + e)) + b) + p + r)
-    // on outputs of 14 to 56 rows, at stride 1 and 2, in one band (one thread: the two-step
-    // path) and in bands of rows on two, three and four threads; expansions and projections
-    // to partial panels (13, 29, 9, 20) and to fewer channels than a panel (3, 7); ReLU6 after
-    // the expansion and the depthwise conv and ReLU after the projection, or none, with and
-    // without the biases and a residual. A NaN in the input reaches only the outputs whose
-    // depthwise window holds a pixel it expanded into, in every projected channel.
-    kernels::ConvGeometry small{.in_h = 14, .in_w = 14, .out_h = 7, .out_w = 7, .kernel_h = 3, .kernel_w = 3, .stride_h = 2,
+    // at stride 1 and 2. Outputs of 14 to 56 rows in one band (one thread: the two-step path)
+    // and in bands of rows on two, three and four threads; 6 x 6 to 9 x 9 outputs, and 14 x 14
+    // on eight threads (bands of under a step), split by the expanded channels: in one share
+    // (one thread, one panel), two, three and five, the partial sums added after. Expansions
+    // and projections to partial panels (13, 29, 9, 20, 33) and to fewer channels than a panel
+    // (3, 7); ReLU6 after the expansion and the depthwise conv and ReLU after the projection,
+    // or none, with and without the biases and a residual. A NaN in the input (at the end of a
+    // row: flat order wraps its right neighbour onto the next row) reaches only the outputs
+    // whose depthwise window holds a pixel it expanded into, in every projected channel.
+    kernels::ConvGeometry small{.in_h = 10, .in_w = 10, .out_h = 5, .out_w = 5, .kernel_h = 3, .kernel_w = 3, .stride_h = 2,
                                 .stride_w = 2, .pad_h = 1, .pad_w = 1};
-    CHECK_FALSE(kernels::inverted_residual_fits(small));  // 7 x 7 outputs: bands too small
+    CHECK_FALSE(kernels::inverted_residual_fits(small));  // 25 outputs: under a step of pixels
 #if defined(__AVX512F__)
     auto check = []<class T>(T, double tol) {
         struct Case {
@@ -591,7 +596,9 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
         };
         for (const auto& c : {Case{5, 13, 7, 14, 14, 1, 2}, Case{1, 29, 3, 29, 31, 2, 2}, Case{16, 24, 16, 28, 28, 1, 3},
                               Case{3, 40, 9, 56, 20, 1, 4}, Case{8, 17, 12, 20, 14, 1, 1}, Case{6, 8, 20, 57, 29, 2, 2},
-                              Case{4, 3, 5, 15, 17, 1, 2}}) {
+                              Case{4, 3, 5, 15, 17, 1, 2}, Case{6, 40, 9, 7, 7, 1, 2}, Case{3, 29, 13, 7, 7, 1, 3},
+                              Case{8, 24, 8, 7, 7, 1, 1}, Case{5, 20, 7, 14, 14, 2, 2}, Case{3, 12, 4, 13, 13, 2, 2},
+                              Case{4, 3, 5, 9, 9, 1, 2}, Case{2, 16, 6, 6, 6, 1, 2}, Case{7, 33, 10, 14, 14, 1, 8}}) {
             const ThreadCountScope threads(int(c.threads));
             const auto g = same3x3(c.h, c.w, c.stride);
             REQUIRE(kernels::inverted_residual_fits(g));

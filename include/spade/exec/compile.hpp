@@ -22,15 +22,16 @@
 //     its activation fused) whose output only a depthwise conv with one output per
 //     channel reads goes into that conv's input pass (Conv2dOptions::expand_input),
 //     where the fused kernel takes the depthwise shape (kernels::expand_depthwise_fits:
-//     3x3, stride 1 or 2, padding 1, planes of 14 x 14 and more, AVX-512): the
-//     expanded tensor of an inverted residual block (MobileNet-v2) is never written
-//     out whole;
+//     3x3, stride 1 or 2, padding 1, planes of 14 x 14 and more, AVX-512), or where
+//     the projection below goes in too: the expanded tensor of an inverted residual
+//     block (MobileNet-v2) is never written out whole;
 //   - the 1x1 conv (no padding, dilation or groups, no input norm) that alone reads
 //     such a depthwise conv (one with its expansion in its input pass, without a
 //     residual of its own) goes into that conv's output pass with its folds,
 //     activation and residual (Conv2dOptions::project_output), where the fused kernel
-//     takes the depthwise shape (kernels::inverted_residual_fits: outputs of 14 to 56
-//     rows): the whole block runs in one pass, band by band;
+//     takes the depthwise shape (kernels::inverted_residual_fits: outputs of up to 56
+//     rows, planes of a step of pixels or more): the whole block runs in one pass,
+//     band by band, or on 7 x 7 planes split by the expanded channels;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -278,9 +279,11 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const Shape& e = g.value(v).shape;
         const Shape& w = g.parameter(g.node(r).params[0]).shape();
         if (co.groups != e[1] || w[0] != e[1] || co.input_norm || co.expand_input || co.residual ||
-            co.activation != FusedActivation::none || plans.at(r).pool >= 0 ||
-            !kernels::expand_depthwise_fits(conv.geometry(e, g.node(r).name)))
+            co.activation != FusedActivation::none || plans.at(r).pool >= 0)
             continue;
+        // where only the whole block fuses (7 x 7), kept below only if the projection goes in too
+        const auto dg = conv.geometry(e, g.node(r).name);
+        if (!kernels::expand_depthwise_fits(dg) && !(o.fuse_projections && kernels::inverted_residual_fits(dg))) continue;
         expand_into[r] = static_cast<NodeId>(i);
         expansion[i] = 1;
     }
@@ -288,25 +291,36 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     // (without a residual), where the fused kernel takes its shape, goes into that conv's output pass
     std::map<NodeId, NodeId> project_into;  // projection -> the depthwise conv that takes it in
     std::vector<char> projected(n, 0);      // depthwise convs that take a projection in
-    for (const auto& [r, e] : expand_into) {
-        if (!o.fuse_projections) break;
+    auto projection_of = [&](NodeId r, const kernels::ConvGeometry& dg) -> NodeId {  // -1: none fuses
         const Plan& plan = plans.at(r);
-        if (plan.residual >= 0 || plan.pool >= 0) continue;
+        if (!o.fuse_projections || plan.residual >= 0 || plan.pool >= 0 || !kernels::inverted_residual_fits(dg)) return -1;
         const ValueId v = g.node(plan.last).outputs[0];
         const NodeId q = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
         if (q < 0 || absorbed[static_cast<std::size_t>(q)] || g.node(q).op->type() != "Conv2d" ||
             g.node(q).inputs[0] != v || input_norm.count(q) || expansion[static_cast<std::size_t>(q)] || expand_into.count(q))
-            continue;
+            return -1;
         const auto& po = static_cast<const Conv2d<T>&>(*g.node(q).op).options();
         const auto q_plan = plans.find(q);
         if (!po.pointwise() || po.input_norm || po.expand_input || po.project_output || q_plan == plans.end() ||
             q_plan->second.pool >= 0)
-            continue;
+            return -1;
+        return q;
+    };
+    std::vector<NodeId> unfused;  // depthwise convs whose expansion fuses only with a projection that does not
+    for (const auto& [r, e] : expand_into) {
         const auto& conv = static_cast<const Conv2d<T>&>(*g.node(r).op);
         const ValueId x = g.node(e).outputs[0];  // the expanded tensor, the depthwise conv's own input
-        if (!kernels::inverted_residual_fits(conv.geometry(g.value(x).shape, g.node(r).name))) continue;
-        project_into[q] = r;
-        projected[static_cast<std::size_t>(r)] = 1;
+        const auto dg = conv.geometry(g.value(x).shape, g.node(r).name);
+        if (const NodeId q = projection_of(r, dg); q >= 0) {
+            project_into[q] = r;
+            projected[static_cast<std::size_t>(r)] = 1;
+        } else if (!kernels::expand_depthwise_fits(dg)) {
+            unfused.push_back(r);
+        }
+    }
+    for (const NodeId r : unfused) {
+        expansion[static_cast<std::size_t>(expand_into.at(r))] = 0;
+        expand_into.erase(r);
     }
     struct Expansion {
         std::vector<ParamId> params;  // weight, bias (of the copy)

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -89,6 +90,54 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
         g.out_h * g.out_w * K * K);
 }
 
+namespace detail {
+// One channel of depthwise_flat: its S x S unpadded phase planes `plane` apart, each of out_w
+// columns after a margin of out_w + 1 zeros (and as many after), into y (n outputs, res read
+// there). `w` is the channel's 9 weights, `keep` the wrap masks of an n x out_w plane.
+template <class T, int S>
+[[gnu::always_inline]] inline void depthwise_flat_channel(const T* planes, Index plane, Index wo, Index n, const T* w,
+                                                          T bias, FusedClamp<T> act, T* y, const T* res,
+                                                          typename WrapMasks<T>::View keep) {
+    using V = typename Lanes<T>::type;
+    using M = typename WrapMasks<T>::vector;
+    constexpr int L = Lanes<T>::count;
+    V wc[9];  // broadcast once per channel (in registers with AVX-512's 32)
+    for (int t = 0; t < 9; ++t) wc[t] = V{} + w[t];
+    // where tap (i, j) reads for the output at flat index 0: input row S oh + i - 1 is row
+    // oh + dr of phase a (the same for columns). Locals, as the sizes are: captures would be
+    // reloaded after every store of a vector (it may alias).
+    const T* tap[9];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+            const int a = (i - 1 + S) % S, dr = (i - 1 + S) / S - 1;
+            const int b = (j - 1 + S) % S, dc = (j - 1 + S) / S - 1;
+            tap[i * 3 + j] = planes + (a * S + b) * plane + wo + 1 + dr * wo + dc;
+        }
+    // N vectors of outputs from f on; sum[d][k] adds the taps of column offset d - 1
+    auto vectors = [&]<int N>(Index f) __attribute__((always_inline)) {
+        V sum[3][N] = {};
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j)
+                for (int k = 0; k < N; ++k)
+                    sum[(j - 1 + S) / S][k] += wc[i * 3 + j] * load(tap[i * 3 + j] + f + k * L);
+        for (int k = 0; k < N; ++k) {
+            const Index at = f + k * L;
+            V v = sum[1][k] + (V)((M)sum[0][k] & keep.left(at));
+            if constexpr (S == 1) v += (V)((M)sum[2][k] & keep.right(at));
+            store_vector(v, bias, act, y + at, res ? res + at : nullptr);
+        }
+    };
+    // 3 x N sums, 9 broadcast weights: AVX-512's 32 registers hold 3 vectors of outputs,
+    // AVX2's 16 one (with 3 the sums spilled, and it ran 5 to 10 % slower)
+    constexpr int N = vector_bytes >= 64 ? 3 : 1;
+    Index f = 0;
+    if constexpr (N > 1)
+        for (; f + N * L <= n; f += N * L) vectors.template operator()<N>(f);
+    for (; f + L <= n; f += L) vectors.template operator()<1>(f);
+    if (f < n) vectors.template operator()<1>(n - L);  // recomputes a few outputs, no partial vector
+}
+}  // namespace detail
+
 /// depthwise_conv2d for a 3 x 3 kernel of stride S, padding 1 and no dilation, through unpadded
 /// phase planes. Plane (a, b) of a channel holds input pixel (S r + a, S q + b) at row r, column q,
 /// out_w columns wide, between zero margins of a row and one element. Then tap (i, j) of the output at
@@ -101,9 +150,6 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
 template <class T, int S>
 void depthwise_flat(const T* in, Index out_channels, Index multiplier, const ConvGeometry& g, const T* w,
                     const T* bias, T* out, FusedActivation act, const T* res) {
-    using V = typename detail::Lanes<T>::type;
-    constexpr int L = detail::Lanes<T>::count;
-    using M = typename detail::WrapMasks<T>::vector;
     const Index wo = g.out_w, n = g.out_h * g.out_w;
     const Index margin = wo + 1, plane = n + 2 * margin;
     const detail::WrapMasks<T> wrap(n, wo);
@@ -124,46 +170,8 @@ void depthwise_flat(const T* in, Index out_channels, Index multiplier, const Con
                         detail::split_even_odd(x + (2 * r + a) * g.in_w, g.in_w, planes + 2 * a * plane + margin + r * wo,
                                                planes + (2 * a + 1) * plane + margin + r * wo);
             }
-            V wc[9];  // broadcast once per channel (in registers with AVX-512's 32)
-            for (int t = 0; t < 9; ++t) wc[t] = V{} + w[c * 9 + t];
-            const T bc = bias ? bias[c] : T(0);
-            const FusedClamp<T> act_c = clamp;  // a local copy, not reloaded after every store
-            T* yc = out + c * n;
-            const T* rc = res ? res + c * n : nullptr;
-            const auto keep = wrap.view();
-            // where tap (i, j) reads for the output at flat index 0: input row S oh + i - 1 is row
-            // oh + dr of phase a (the same for columns). Locals, as the sizes are: the lambda's
-            // captures would be reloaded after every store of a vector (it may alias).
-            const T* tap[9];
-            for (int i = 0; i < 3; ++i)
-                for (int j = 0; j < 3; ++j) {
-                    const int a = (i - 1 + S) % S, dr = (i - 1 + S) / S - 1;
-                    const int b = (j - 1 + S) % S, dc = (j - 1 + S) / S - 1;
-                    tap[i * 3 + j] = planes + (a * S + b) * plane + margin + dr * wo + dc;
-                }
-            // N vectors of outputs from f on; sum[d][k] adds the taps of column offset d - 1
-            auto vectors = [&]<int N>(Index f) {
-                V sum[3][N] = {};
-                for (int i = 0; i < 3; ++i)
-                    for (int j = 0; j < 3; ++j)
-                        for (int k = 0; k < N; ++k)
-                            sum[(j - 1 + S) / S][k] += wc[i * 3 + j] * detail::load(tap[i * 3 + j] + f + k * L);
-                for (int k = 0; k < N; ++k) {
-                    const Index at = f + k * L;
-                    V v = sum[1][k] + (V)((M)sum[0][k] & keep.left(at));
-                    if constexpr (S == 1) v += (V)((M)sum[2][k] & keep.right(at));
-                    detail::store_vector(v, bc, act_c, yc + at, rc ? rc + at : nullptr);
-                }
-            };
-            // 3 x N sums, 9 broadcast weights: AVX-512's 32 registers hold 3 vectors of outputs,
-            // AVX2's 16 one (with 3 the sums spilled, and it ran 5 to 10 % slower)
-            constexpr int N = detail::vector_bytes >= 64 ? 3 : 1;
-            const Index count = n;  // a local, as the tap pointers are
-            Index f = 0;
-            if constexpr (N > 1)
-                for (; f + N * L <= count; f += N * L) vectors.template operator()<N>(f);
-            for (; f + L <= count; f += L) vectors.template operator()<1>(f);
-            if (f < count) vectors.template operator()<1>(count - L);  // recomputes a few outputs, no partial vector
+            detail::depthwise_flat_channel<T, S>(planes, plane, wo, n, w + c * 9, bias ? bias[c] : T(0), clamp,
+                                                 out + c * n, res ? res + c * n : nullptr, wrap.view());
         },
         n * 9);
 }
@@ -268,14 +276,20 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
     static_assert(S == 1 || S == 2, "depthwise_rows: stride 1 or 2");
     const Index n = g.out_h * g.out_w;
     const FusedClamp<T> clamp(act);
+    // On planes of 56 rows and more, each thread takes a band of rows of every channel, as the
+    // layer before (the stem's bands, the 1x1 convs' blocks of pixels) left its output: split by
+    // channels, each core read half of its input from the other's cache. Pruned MobileNet-v2's
+    // first depthwise conv (112 x 112), whole networks 0.7-1.2 % faster, dense and pruned alike.
+    const Index bands = g.out_h >= 56 ? std::clamp<Index>(num_threads(), 1, g.out_h / 4) : 1;
     parallel_for(
-        out_channels,
-        [&](long c) {
+        out_channels * bands,
+        [&](long job) {
+            const Index b = job / out_channels, c = job % out_channels;
             detail::depthwise_rows_channel<T, S>(in + (c / multiplier) * g.in_h * g.in_w, 0, g, w + c * 9,
                                                  bias ? bias[c] : T(0), clamp, out + c * n, res ? res + c * n : nullptr,
-                                                 0, g.out_h);
+                                                 b * g.out_h / bands, (b + 1) * g.out_h / bands);
         },
-        n * 9);
+        n * 9 / bands);
 }
 #endif
 
@@ -298,7 +312,8 @@ namespace detail {
 // The expansion and depthwise step of one weight panel p for output rows [o0, o1): the
 // panel's expanded channels over input rows [lo, hi) (the rows those outputs need) into `e`
 // (a row of channels `count` pixels apart, count = (hi - lo) in_w), then the depthwise row
-// tiles over them, channel c's output row oh written at out + c out_plane + (oh - out_row0) out_w.
+// tiles over them, the panel's channel r's output row oh written at out + r out_plane +
+// (oh - out_row0) out_w (and res read there).
 template <class T, int S>
 [[gnu::always_inline]] inline void expand_depthwise_panel(const T* x, Index cin, const ConvGeometry& g, Index cexp,
                                                           const T* packed, const T* bias_e, FusedClamp<T> clamp_e,
@@ -312,8 +327,8 @@ template <class T, int S>
                     bias_e ? bias_e + p * MR : nullptr, clamp_e, e, static_cast<const T*>(nullptr), count, 0);
     for (Index r = 0; r < rows; ++r) {
         const Index c = p * MR + r;
-        depthwise_rows_channel<T, S>(e + r * count, lo, g, w + c * 9, bias ? bias[c] : T(0), clamp, out + c * out_plane,
-                                     res ? res + c * out_plane : nullptr, o0, o1, out_row0);
+        depthwise_rows_channel<T, S>(e + r * count, lo, g, w + c * 9, bias ? bias[c] : T(0), clamp, out + r * out_plane,
+                                     res ? res + r * out_plane : nullptr, o0, o1, out_row0);
     }
 }
 // The input rows output rows [o0, o1) of a 3x3 conv of stride S and padding 1 read: [lo, hi)
@@ -359,39 +374,64 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
             T* e = scratch.slice();  // the expanded rows of a panel's channels
             for (Index p = group * panels / groups; p < (group + 1) * panels / groups; ++p)
                 detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed, bias_e, clamp_e, w, bias, clamp, p, lo, hi,
-                                                     o0, o1, e, out, n_out, 0, res);
+                                                     o0, o1, e, out + p * MR * n_out, n_out, 0,
+                                                     res ? res + p * MR * n_out : nullptr);
         },
         cexp * n * (cin + 9) / (bands * groups));
 }
 #endif
 
 /// Whether inverted_residual computes a 1x1 expansion, a depthwise conv of geometry `g` and a
-/// 1x1 projection in one pass: where expand_depthwise_fits, on outputs of 14 to 56 rows and 14
-/// columns or more (so that each thread's band holds a step of pixels on up to 4 threads; on
-/// 7 x 7 outputs it would not on two). With its two blocks of 56-row outputs fused as well as
-/// those of 14 and 28 rows, pruned MobileNet-v2 ran 1-2 % faster than without, dense the same.
+/// 1x1 projection in one pass: with AVX-512, a 3x3 kernel of stride 1 or 2, padding 1, no
+/// dilation, on outputs of up to 56 rows, input and output planes of a step of pixels
+/// (direct_nr) or more. With its two blocks of 56-row outputs fused as well as those of 14 and
+/// 28 rows, pruned MobileNet-v2 ran 1-2 % faster than without, dense the same; with its four
+/// blocks of 7 x 7 outputs too (in shares of channels), pruned by three quarters 6 % faster,
+/// by half 3 %, dense 1 % (two threads, the Intel AMX machine).
 inline bool inverted_residual_fits(const ConvGeometry& g) {
-    return expand_depthwise_fits(g) && g.out_h >= 14 && g.out_h <= 56 && g.out_w >= 14;
+#if defined(__AVX512F__)
+    constexpr Index NR = direct_nr<float>();  // the larger step (a double one is half)
+    return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2) &&
+           g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.out_h <= 56 &&
+           g.in_h * g.in_w >= NR && g.out_h * g.out_w >= NR;
+#else
+    (void)g;
+    return false;
+#endif
 }
 
 #if defined(__AVX512F__)
 /// y = act_p(P act(w (*) act_e(E x + bias_e) + bias) + bias_p (+ res)): an inverted residual
 /// block (1x1 expansion of `cin` channels to `cexp`, depthwise conv of geometry g, 1x1
 /// projection to `cout`; E and P packed by pack_direct_weights) in one pass where
-/// inverted_residual_fits(g). Each thread takes a band of output rows through all three
-/// steps: the expansion and depthwise step panel by panel (detail::expand_depthwise_panel)
-/// into a slice of its own holding the band's depthwise outputs of every channel, then the
-/// projection's direct tiles over that slice into the band's rows of y. Neither the expanded
-/// nor the depthwise tensor is written out, and a thread reads the block's input and writes
-/// its output in the rows it owns, as the next block's thread does: the two layers had split
-/// the depthwise tensor by channels and the projection its pixels, so half of the wide tensor
-/// crossed between the cores. Halo rows of the expansion are computed by both bands (at
-/// 14 x 14 on two threads one row of each band's 8). On the Intel AMX machine, two threads,
-/// chains of MobileNet-v2's blocks at 14 x 14 and 28 x 28 pruned by three quarters ran
-/// 1.33-1.55x faster than the two kernels, pruned by half 1.16-1.29x, the dense blocks at
+/// inverted_residual_fits(g). Neither the expanded nor the depthwise tensor is written out.
+///
+/// Bands of rows: each thread takes a band of output rows through all three steps: the
+/// expansion and depthwise step panel by panel (detail::expand_depthwise_panel) into a slice
+/// of its own holding the band's depthwise outputs of every channel, then the projection's
+/// direct tiles over that slice into the band's rows of y. A thread reads the block's input
+/// and writes its output in the rows it owns, as the next block's thread does: the two layers
+/// had split the depthwise tensor by channels and the projection its pixels, so half of the
+/// wide tensor crossed between the cores. Halo rows of the expansion are computed by both
+/// bands (at 14 x 14 on two threads one row of each band's 8). On the Intel AMX machine, two
+/// threads, chains of MobileNet-v2's blocks at 14 x 14 and 28 x 28 pruned by three quarters
+/// ran 1.33-1.55x faster than the two kernels, pruned by half 1.16-1.29x, the dense blocks at
 /// 14 x 14 to 56 x 56 1.02-1.17x. On one thread it runs expand_depthwise and conv_pointwise
 /// over the depthwise tensor in a scratch buffer: one band there was 2-10 % slower than the
 /// two kernels.
+///
+/// Shares of channels: where bands would hold under a step of pixels each, or rows are under
+/// 14 wide (7 x 7), the threads split the expanded channels instead, in whole panels. Each
+/// share expands and convolves its channels over the whole plane and multiplies them by their
+/// columns of P, the first share into y (with bias_p and res), the others into partial sums
+/// of their own, which the calling thread adds after, with the activation. What crosses
+/// between the cores is the block's input and the partial sums, not the depthwise tensor. At
+/// stride 1 the expansion writes each channel between the zero margins of depthwise_flat's
+/// plane and the depthwise conv runs flat over it (the row tiles, with a row of 7 under a
+/// vector, computed twice the outputs). MobileNet-v2's 7 x 7 blocks, against the three
+/// kernels: pruned by three quarters 1.80x faster on two threads (stride 1; stride 2, from
+/// 14 x 14, 1.91x), by half 1.37x (1.44x), dense 1.14x (1.18x); on one thread 1.06-1.20x at
+/// stride 1, 0.96-1.06x at stride 2.
 template <class T, int S>
 void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp, const T* packed_e, const T* bias_e,
                        FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
@@ -400,20 +440,73 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
     constexpr int MR = direct_mr;
     constexpr Index NR = direct_nr<T>();
     const Index n_out = g.out_h * g.out_w, panels = (cexp + MR - 1) / MR, panels_p = (cout + MR - 1) / MR;
-    const Index threads = num_threads();
-    if (threads == 1 || spade::detail::in_parallel()) {  // one band: the two steps apart were as fast or faster
+    const Index threads = spade::detail::in_parallel() ? 1 : num_threads();
+    const FusedClamp<T> clamp_e(act_e), clamp(act), clamp_p(act_p);
+    // a band of rows per thread, each a step of pixels or more
+    const Index bands = std::clamp<Index>(threads, 1, g.out_h / ((NR + g.out_w - 1) / g.out_w));
+    if (bands < threads || g.out_w < 14) {  // shares of the expanded channels
+        const Index shares = std::min(threads, panels), n_in = g.in_h * g.in_w;
+        const Index margin = g.out_w + 1, plane = S == 1 ? n_in + 2 * margin : n_in;  // of an expanded channel
+        const Index e_size = MR * plane, d_size = (panels + shares - 1) / shares * MR * n_out;
+        ThreadScratch<T> scratch(static_cast<std::size_t>(e_size + d_size), std::nullopt);
+        const auto partial = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>((shares - 1) * cout * n_out));
+        const FusedClamp<T> linear(shares == 1 ? act_p : FusedActivation::none);
+        const detail::WrapMasks<T> wrap(S == 1 ? n_out : 0, g.out_w);
+        parallel_for(
+            shares,
+            [&](long k) {
+                const Index p0 = k * panels / shares, p1 = (k + 1) * panels / shares;
+                const Index c0 = p0 * MR, c1 = std::min(cexp, p1 * MR);
+                T* e = scratch.slice();
+                T* d = e + e_size;  // channel c's depthwise outputs at d + (c - c0) n_out
+                if constexpr (S == 1)  // the margins, which the expansion leaves as they are
+                    for (int r = 0; r < MR; ++r) {
+                        std::fill(e + r * plane, e + r * plane + margin, T(0));
+                        std::fill(e + r * plane + margin + n_in, e + (r + 1) * plane, T(0));
+                    }
+                for (Index p = p0; p < p1; ++p) {
+                    if constexpr (S == 1) {
+                        const Index rows = std::min<Index>(MR, cexp - p * MR);
+                        detail::pointwise_steps(x, cin, n_in, n_in, packed_e + p * cin * MR, rows, 0,
+                                                bias_e ? bias_e + p * MR : nullptr, clamp_e, e,
+                                                static_cast<const T*>(nullptr), plane, margin);
+                        for (Index r = 0; r < rows; ++r) {
+                            const Index c = p * MR + r;
+                            detail::depthwise_flat_channel<T, 1>(e + r * plane, plane, g.out_w, n_out, w + c * 9,
+                                                                 bias ? bias[c] : T(0), clamp, d + (c - c0) * n_out,
+                                                                 nullptr, wrap.view());
+                        }
+                    } else {
+                        detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed_e, bias_e, clamp_e, w, bias, clamp, p,
+                                                             0, g.in_h, 0, g.out_h, e, d + (p - p0) * MR * n_out, n_out,
+                                                             0, nullptr);
+                    }
+                }
+                T* z = k == 0 ? y : partial.get() + (k - 1) * cout * n_out;
+                for (Index p = 0; p < panels_p; ++p)  // columns [c0, c1) of panel p: cexp MR apart, MR per column
+                    detail::pointwise_steps(d, c1 - c0, n_out, n_out, packed_p + (p * cexp + c0) * MR,
+                                            std::min<Index>(MR, cout - p * MR), p * MR, k == 0 ? bias_p : nullptr, linear, z,
+                                            k == 0 ? res : nullptr, n_out, 0);
+            },
+            cexp * n_in * (cin + 9 + cout) / shares);
+        if (shares == 1) return;
+        const Index m = cout * n_out;
+        for (Index k = 1; k < shares; ++k) {
+            const T* z = partial.get() + (k - 1) * m;
+            for (Index i = 0; i < m; ++i) y[i] += z[i];
+        }
+        return apply_fused(act_p, y, m);
+    }
+    if (threads == 1) {  // one band: the two steps apart were as fast or faster
         ThreadScratch<T> d(static_cast<std::size_t>(cexp * n_out), std::nullopt);  // the depthwise tensor
         expand_depthwise<T, S>(x, cin, g, cexp, packed_e, bias_e, act_e, w, bias, act, d.slice());
         return conv_pointwise(d.slice(), cexp, n_out, cout, packed_p, bias_p, act_p, y, res);
     }
-    // a band of rows per thread, each a step of pixels or more
-    const Index bands = std::clamp<Index>(threads, 1, g.out_h / ((NR + g.out_w - 1) / g.out_w));
     const Index band_out = (g.out_h + bands - 1) / bands;                 // output rows of the tallest band
     const Index band_in = std::min(S * band_out + 2, g.in_h);            // its input rows
     const Index e_size = MR * band_in * g.in_w, d_size = cexp * band_out * g.out_w;
     // every element read is written first: the expansion's rows, then the depthwise rows of the band
     ThreadScratch<T> scratch(static_cast<std::size_t>(e_size + d_size), std::nullopt);
-    const FusedClamp<T> clamp_e(act_e), clamp(act), clamp_p(act_p);
     parallel_for(
         bands,
         [&](long band) {
@@ -423,7 +516,7 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
             T* d = e + e_size;  // channel c's depthwise outputs at d + c count
             for (Index p = 0; p < panels; ++p)
                 detail::expand_depthwise_panel<T, S>(x, cin, g, cexp, packed_e, bias_e, clamp_e, w, bias, clamp, p, lo, hi,
-                                                     o0, o1, e, d, count, o0, nullptr);
+                                                     o0, o1, e, d + p * MR * count, count, o0, nullptr);
             for (Index p = 0; p < panels_p; ++p)
                 detail::pointwise_steps(d, cexp, count, count, packed_p + p * cexp * MR, std::min<Index>(MR, cout - p * MR),
                                         p * MR, bias_p, clamp_p, y, res, n_out, o0 * g.out_w);

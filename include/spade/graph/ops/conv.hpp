@@ -32,8 +32,9 @@ struct Conv2dOptions {
     /// x -> expand_activation(E x + e) before the conv, with E [C, C_in, 1, 1] and e [C] the
     /// last two parameters (expand_weight, expand_bias): a 1x1 conv of stride 1 whose output
     /// only this depthwise conv (C groups, one output each) reads, folded into the conv's input
-    /// pass (inference compile step). Where kernels::expand_depthwise_fits, the expanded tensor
-    /// is never written out whole.
+    /// pass (inference compile step). Where kernels::expand_depthwise_fits (with a projection
+    /// folded in too, where kernels::inverted_residual_fits), the expanded tensor is never
+    /// written out whole.
     bool expand_input = false;
     FusedActivation expand_activation = FusedActivation::none;
     /// y = project_activation(P z + p (+ r)) with z the conv's output (after its activation), P
@@ -225,9 +226,9 @@ public:
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
         if (o_.expand_input) {  // the expanded tensor, and the depthwise one before a projection, where not fused
+            if (whole_block(g)) return 0;
             const Index expanded = kernels::expand_depthwise_fits(g) ? 0 : ctx.params[0][0] * g.in_h * g.in_w;
-            const bool whole = !o_.project_output || kernels::inverted_residual_fits(g);
-            return expanded + (whole ? 0 : ctx.params[0][0] * g.out_h * g.out_w);
+            return expanded + (o_.project_output ? ctx.params[0][0] * g.out_h * g.out_w : 0);
         }
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
         if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
@@ -242,12 +243,12 @@ public:
     std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
         const auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.expand_input) {  // the expansion's panels, for the fused kernel
-            if (!kernels::expand_depthwise_fits(g)) return nullptr;
+            if (!whole_block(g) && !kernels::expand_depthwise_fits(g)) return nullptr;
             auto pk = std::make_unique<Packed>();
             const Index cexp = params[0].shape[0], cin = ctx.inputs[0][1];
             pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
             kernels::pack_direct_weights(params[expand_param()].data, cexp, cin, 1, pk->weights.data());
-            if (o_.project_output && kernels::inverted_residual_fits(g)) {  // and the projection's
+            if (whole_block(g)) {  // and the projection's
                 const Index cy = params[project_param()].shape[0];
                 pk->projection.resize(static_cast<std::size_t>(kernels::direct_packed_size(cy, cexp, 1)));
                 kernels::pack_direct_weights(params[project_param()].data, cy, cexp, 1, pk->projection.data());
@@ -361,6 +362,10 @@ private:
         if (first) kernels::pack_direct_weights(w, rows, cols, taps, local.data());
         return local.data();
     }
+    // Whether a conv with its expansion and projection folded in runs as one kernel
+    bool whole_block(const kernels::ConvGeometry& g) const {
+        return o_.project_output && kernels::inverted_residual_fits(g);
+    }
     // One image of a conv with its expansion folded in (expand_input): the fused kernel where it
     // fits (on the expansion's panels), else the expansion into the workspace and the depthwise
     // conv over it.
@@ -398,7 +403,7 @@ private:
         const Index cexp = ctx.params[0].shape[0], plane_out = g.out_h * g.out_w;
         const auto& pw = ctx.params[project_param()];
         const T* pb = ctx.params[project_param() + 1].data;
-        if (!kernels::inverted_residual_fits(g)) {
+        if (!whole_block(g)) {
             T* z = ctx.workspace.data() + (kernels::expand_depthwise_fits(g) ? 0 : cexp * g.in_h * g.in_w);
             expand_forward(ctx, g, x, pre, local, first, z, nullptr);
             gemm_epilogue(pw.shape[0], plane_out, cexp, pw.data, z, pb, o_.project_activation, res, y);
