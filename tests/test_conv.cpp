@@ -254,7 +254,8 @@ TEST_CASE("1x1 convs take the direct tiles: pre-packed with AVX or AVX-512 over 
     // With AVX or AVX-512 and weights packed once per plan, every 1x1 conv over at least direct_nr
     // pixels (8 doubles with AVX, 16 with AVX-512) runs on the direct tiles; narrower vectors, or
     // weights not pre-packed, keep it to at least 256 pixels with at most 16 outputs or 32 inputs.
-    // Both executors compute the product.
+    // Both executors compute the product, also where a panel has up to 4 of 8 rows in use (17, 12
+    // and 3 outputs: a tile of 4 rows).
     const bool wide = kernels::detail::vector_bytes >= 32;
     struct Case {
         Index cin, cout, h, w;
@@ -262,6 +263,8 @@ TEST_CASE("1x1 convs take the direct tiles: pre-packed with AVX or AVX-512 over 
     };
     for (const auto& c : {Case{32, 21, 16, 17, true}, Case{40, 16, 16, 16, true}, Case{33, 17, 16, 16, wide},
                           Case{8, 40, 15, 17, wide},  // 255 pixels
+                          Case{24, 12, 15, 17, wide}, // 8 + 4 outputs: the 4-row tile, two steps at a time and then one
+                          Case{9, 3, 7, 9, wide},     // 3 outputs, 63 pixels
                           Case{64, 72, 7, 7, wide},   // 49 pixels: more jobs than steps, panels split in groups
                           Case{64, 64, 4, 4, wide},   // 16 pixels
                           Case{64, 64, 3, 5, wide && kernels::direct_nr<double>() <= 15},  // 15

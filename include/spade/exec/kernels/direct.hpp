@@ -572,13 +572,35 @@ template <class T, class V>
 // Rows [0, rows) of a 1x1 conv's weight panel `a` (packed, [cin][direct_mr]) over `count`
 // pixels of x (channels `ld` apart), a step of direct_nr pixels at a time, the last step
 // shifted back rather than cut (count >= direct_nr); pixel f of row r finished into
-// y[(o0 + r) plane + at + f] as store_tile does.
+// y[(o0 + r) plane + at + f] as store_tile does. A panel with up to 4 of AVX-512's 8 rows in
+// use (a conv with 4 outputs or 12, an expansion to 36) takes a 4-row tile over two steps at a
+// time, as panel_steps does, so no FMAs go to its zero rows.
 template <class T>
 [[gnu::always_inline]] inline void pointwise_steps(const T* x, Index cin, Index ld, Index count, const T* a, Index rows,
                                                    Index o0, const T* bias, FusedClamp<T> act, T* y, const T* res,
                                                    Index plane, Index at) {
     using V = typename Lanes<T>::type;
     constexpr Index NR = direct_nr<T>();
+    if constexpr (direct_tile_rows >= 8) {
+        if (rows <= 4) {
+            constexpr int L = Lanes<T>::count, NV = 2 * direct_vectors;  // two steps
+            auto tile = [&](Index f0, auto n) __attribute__((always_inline)) {  // n: vectors, NV or direct_vectors
+                constexpr int N = decltype(n)::value;
+                V acc[4][N];
+                direct_tile<T, 1, 1, 1, 4, N>(x + f0, cin, ld, ld, ld, a, acc);
+                for (Index r = 0; r < rows; ++r) {
+                    const Index o = o0 + r;
+                    for (int v = 0; v < N; ++v)
+                        store_vector(acc[r][v], bias ? bias[o] : T(0), act, y + o * plane + at + f0 + v * L,
+                                     res ? res + o * plane + at + f0 + v * L : nullptr);
+                }
+            };
+            Index f = 0;
+            for (; f + 2 * NR <= count; f += 2 * NR) tile(f, std::integral_constant<int, NV>{});
+            for (; f < count; f += NR) tile(std::min(f, count - NR), std::integral_constant<int, direct_vectors>{});
+            return;
+        }
+    }
     for (Index f = 0; f < count; f += NR) {
         const Index f0 = std::min(f, count - NR);
         V acc[direct_mr][direct_vectors];
