@@ -490,6 +490,7 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
     CHECK(static_cast<const Conv2d<double>&>(*k.node(k.node_id("d5")).op).options().expand_input == fits);
     const auto off = compile_for_inference(h, {.fuse_projections = false});
     CHECK(off.has_node("p1"));
+    CHECK(off.has_node("e6"));  // at 7 x 7 the expansion goes in only with the projection
     check_same(h, off, 1e-12);
     // the same count, but for the zero bias p3 gets: one per projected output
     CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)) + (fits ? 2 * 4 * 28 * 30 : 0));

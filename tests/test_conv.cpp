@@ -448,7 +448,7 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
     // other side of a row tile.
     auto check = []<class T>(T, double tol) {
         struct Case {
-            Index h, w, stride, multiplier, threads = 0;  // 0: as set
+            Index h, w, stride, multiplier, threads = 0;  // 0: as set (and 3 channels, else 8: work for every thread)
         };
         for (const auto& c : {Case{60, 20, 1, 1, 2}, Case{113, 9, 2, 2, 3}, Case{7, 7, 1, 1}, Case{9, 9, 2, 1}, Case{14, 14, 2, 2}, Case{15, 15, 2, 1},
                               Case{14, 14, 1, 2}, Case{5, 32, 1, 1}, Case{6, 33, 1, 1}, Case{4, 63, 2, 1},
@@ -457,7 +457,7 @@ TEST_CASE("depthwise 3x3 with padding 1 matches the reference on flat and padded
                               Case{9, 8, 1, 1}, Case{2, 32, 2, 1}, Case{9, 33, 2, 2}, Case{10, 40, 2, 1}, Case{7, 15, 2, 1},
                               Case{5, 33, 2, 1}, Case{7, 31, 2, 1}}) {
             const ThreadCountScope threads(int(c.threads));
-            const Index ch = 3, cout = ch * c.multiplier;
+            const Index ch = c.threads > 0 ? 8 : 3, cout = ch * c.multiplier;
             kernels::ConvGeometry g{.in_h = c.h, .in_w = c.w, .kernel_h = 3, .kernel_w = 3, .stride_h = c.stride,
                                     .stride_w = c.stride, .pad_h = 1, .pad_w = 1};
             g.out_h = kernels::ConvGeometry::out_extent(c.h, 3, c.stride, 1, 1);
@@ -581,11 +581,11 @@ TEST_CASE("a 1x1 expansion and the depthwise 3x3 after it, fused, match the two 
 TEST_CASE("an inverted residual block in one pass matches its three layers computed apart", "[conv]") {
     // inverted_residual against a plain loop in double: y = act_p(P act(dw(act_e(E x + e)) + b) + p + r)
     // at stride 1 and 2. Outputs of 14 to 56 rows in one band (one thread: the two-step path)
-    // and in bands of rows on two, three and four threads; 6 x 6 to 9 x 9 outputs, and 14 x 14
-    // on eight threads (bands of under a step), split by the expanded channels: in one share
-    // (one thread, one panel), two, three and five, the partial sums added after. Expansions
-    // and projections to partial panels (13, 29, 9, 20, 33) and to fewer channels than a panel
-    // (3, 7); ReLU6 after the expansion and the depthwise conv and ReLU after the projection,
+    // and in bands of rows on two, three and four threads (and four bands on eight); 6 x 6 to
+    // 9 x 9 outputs, and 3 x 16 (no second band of a step of pixels), split by the expanded
+    // channels: in one share (one thread, one panel), two, three and five, the partial sums
+    // added after. Expansions and projections to partial panels (13, 29, 9, 20, 33) and to
+    // fewer channels than a panel (3, 7); ReLU6 after the expansion and the depthwise conv and ReLU after the projection,
     // or none, with and without the biases and a residual. A NaN in the input (at the end of a
     // row: flat order wraps its right neighbour onto the next row) reaches only the outputs
     // whose depthwise window holds a pixel it expanded into, in every projected channel.
@@ -600,8 +600,9 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
         for (const auto& c : {Case{5, 13, 7, 14, 14, 1, 2}, Case{1, 29, 3, 29, 31, 2, 2}, Case{16, 24, 16, 28, 28, 1, 3},
                               Case{3, 40, 9, 56, 20, 1, 4}, Case{8, 17, 12, 20, 14, 1, 1}, Case{6, 8, 20, 57, 29, 2, 2},
                               Case{4, 3, 5, 15, 17, 1, 2}, Case{6, 40, 9, 7, 7, 1, 2}, Case{3, 29, 13, 7, 7, 1, 3},
-                              Case{8, 24, 8, 7, 7, 1, 1}, Case{5, 20, 7, 14, 14, 2, 2}, Case{3, 12, 4, 13, 13, 2, 2},
-                              Case{4, 3, 5, 9, 9, 1, 2}, Case{2, 16, 6, 6, 6, 1, 2}, Case{7, 33, 10, 14, 14, 1, 8}}) {
+                              Case{8, 24, 8, 7, 7, 1, 1}, Case{5, 20, 7, 14, 14, 2, 2}, Case{3, 16, 4, 13, 13, 2, 2},
+                              Case{4, 3, 5, 9, 9, 1, 2}, Case{8, 48, 6, 6, 6, 1, 2}, Case{7, 33, 10, 14, 14, 1, 8},
+                              Case{8, 40, 5, 3, 16, 1, 2}, Case{4, 20, 6, 5, 32, 2, 2}}) {
             const ThreadCountScope threads(int(c.threads));
             const auto g = same3x3(c.h, c.w, c.stride);
             REQUIRE(kernels::inverted_residual_fits(g));

@@ -31,7 +31,7 @@
 //     activation and residual (Conv2dOptions::project_output), where the fused kernel
 //     takes the depthwise shape (kernels::inverted_residual_fits: outputs of up to 56
 //     rows, planes of a step of pixels or more): the whole block runs in one pass,
-//     band by band, or on 7 x 7 planes split by the expanded channels;
+//     band by band, or on rows under 14 wide (7 x 7) split by the expanded channels;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -291,6 +291,8 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     // (without a residual), where the fused kernel takes its shape, goes into that conv's output pass
     std::map<NodeId, NodeId> project_into;  // projection -> the depthwise conv that takes it in
     std::vector<char> projected(n, 0);      // depthwise convs that take a projection in
+    // (a 1x1 conv that is another block's expansion is not taken, even where that expansion is
+    // dropped below: the order only ever leaves a fusion out, never makes a wrong one)
     auto projection_of = [&](NodeId r, const kernels::ConvGeometry& dg) -> NodeId {  // -1: none fuses
         const Plan& plan = plans.at(r);
         if (!o.fuse_projections || plan.residual >= 0 || plan.pool >= 0 || !kernels::inverted_residual_fits(dg)) return -1;

@@ -8,12 +8,16 @@
 // and at stride 1 planes of under a vector, take the padded phase planes of the
 // direct kernel (direct.hpp), where every tap is a contiguous vector load.
 // Other shapes take a plain loop over output rows. A 1x1 expansion and the
-// depthwise 3x3 after it (an inverted residual block) run as one pass where
-// expand_depthwise_fits (expand_depthwise): the expanded rows a band of outputs
-// needs are computed into a per-thread slice and read there by the row tiles.
+// depthwise 3x3 after it run as one pass where expand_depthwise_fits
+// (expand_depthwise): the expanded rows a band of outputs needs are computed into
+// a per-thread slice and read there, flat at stride 1, by the row tiles at stride
+// 2. With the 1x1 projection after them too (an inverted residual block), where
+// inverted_residual_fits (inverted_residual): by bands of rows, or on small planes
+// by shares of the expanded channels.
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -93,7 +97,8 @@ void depthwise_direct(const T* in, Index out_channels, Index multiplier, const C
 namespace detail {
 // One channel of depthwise_flat: its S x S unpadded phase planes `plane` apart, each of out_w
 // columns after a margin of out_w + 1 zeros (and as many after), into y (n outputs, res read
-// there). `w` is the channel's 9 weights, `keep` the wrap masks of an n x out_w plane.
+// there). `w` is the channel's 9 weights, `keep` the wrap masks of a plane out_w wide of at
+// least n outputs.
 template <class T, int S>
 [[gnu::always_inline]] inline void depthwise_flat_channel(const T* planes, Index plane, Index wo, Index n, const T* w,
                                                           T bias, FusedClamp<T> act, T* y, const T* res,
@@ -422,7 +427,7 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
     constexpr Index NR = direct_nr<float>();  // the larger step (a double one is half)
     return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2) &&
            g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.out_h <= 56 &&
-           g.in_h * g.in_w >= NR && g.out_h * g.out_w >= NR;
+           g.out_h * g.out_w >= NR;  // and so the input plane (at most twice as wide and tall)
 #else
     (void)g;
     return false;
@@ -445,12 +450,13 @@ inline bool inverted_residual_fits(const ConvGeometry& g) {
 /// bands (at 14 x 14 on two threads one row of each band's 8). On the Intel AMX machine, two
 /// threads, chains of MobileNet-v2's blocks at 14 x 14 and 28 x 28 pruned by three quarters
 /// ran 1.33-1.55x faster than the two kernels, pruned by half 1.16-1.29x, the dense blocks at
-/// 14 x 14 to 56 x 56 1.02-1.17x. On one thread it runs expand_depthwise and conv_pointwise
-/// over the depthwise tensor in a scratch buffer: one band there was 2-10 % slower than the
-/// two kernels.
+/// 14 x 14 to 56 x 56 1.02-1.17x. On one thread, on rows 14 or more wide, it runs
+/// expand_depthwise and conv_pointwise over the depthwise tensor in a scratch buffer: one band
+/// there was 2-10 % slower than the two kernels (and one share, below, runs each projection
+/// panel over the whole plane, where conv_pointwise takes all panels over L1-sized blocks).
 ///
-/// Shares of channels: where bands would hold under a step of pixels each, or rows are under
-/// 14 wide (7 x 7), the threads split the expanded channels instead, in whole panels. Each
+/// Shares of channels: where a second band would hold under a step of pixels, or rows are
+/// under 14 wide (7 x 7), the threads split the expanded channels instead, in whole panels. Each
 /// share expands and convolves its channels over the whole plane and multiplies them by their
 /// columns of P, the first share into y (with bias_p and res), the others into partial sums
 /// of their own, which the calling thread adds after, with the activation. What crosses
@@ -466,20 +472,21 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
                        FusedActivation act_e, const T* w, const T* bias, FusedActivation act, Index cout,
                        const T* packed_p, const T* bias_p, FusedActivation act_p, T* y, const T* res = nullptr) {
     static_assert(S == 1 || S == 2, "inverted_residual: stride 1 or 2");
+    assert(inverted_residual_fits(g) && g.stride_h == S);
     constexpr int MR = direct_mr;
     constexpr Index NR = direct_nr<T>();
     const Index n_out = g.out_h * g.out_w, panels = (cexp + MR - 1) / MR, panels_p = (cout + MR - 1) / MR;
     const Index threads = spade::detail::in_parallel() ? 1 : num_threads();
     const FusedClamp<T> clamp_e(act_e), clamp(act), clamp_p(act_p);
-    // a band of rows per thread, each a step of pixels or more
+    // a band of rows per thread, each a step of pixels or more (a plane that fits holds one)
     const Index bands = std::clamp<Index>(threads, 1, g.out_h / ((NR + g.out_w - 1) / g.out_w));
-    if (bands < threads || g.out_w < 14) {  // shares of the expanded channels
+    if (g.out_w < 14 || (threads > 1 && bands < 2)) {  // shares of the expanded channels
         const Index shares = std::min(threads, panels), e_size = detail::expanded_panel_size<S>(g, g.in_h);
         const Index n_in = g.in_h * g.in_w;
         const Index d_size = (panels + shares - 1) / shares * MR * n_out;
         ThreadScratch<T> scratch(static_cast<std::size_t>(e_size + d_size), std::nullopt);
         const auto partial = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>((shares - 1) * cout * n_out));
-        const FusedClamp<T> linear(shares == 1 ? act_p : FusedActivation::none);
+        const FusedClamp<T> share_act(shares == 1 ? act_p : FusedActivation::none);  // else after the sum
         const detail::WrapMasks<T> wrap(S == 1 ? n_out : 0, g.out_w);
         parallel_for(
             shares,
@@ -495,17 +502,18 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
                 T* z = k == 0 ? y : partial.get() + (k - 1) * cout * n_out;
                 for (Index p = 0; p < panels_p; ++p)  // columns [c0, c1) of panel p: cexp MR apart, MR per column
                     detail::pointwise_steps(d, c1 - c0, n_out, n_out, packed_p + (p * cexp + c0) * MR,
-                                            std::min<Index>(MR, cout - p * MR), p * MR, k == 0 ? bias_p : nullptr, linear, z,
+                                            std::min<Index>(MR, cout - p * MR), p * MR, k == 0 ? bias_p : nullptr, share_act, z,
                                             k == 0 ? res : nullptr, n_out, 0);
             },
             cexp * n_in * (cin + 9 + cout) / shares);
         if (shares == 1) return;
         const Index m = cout * n_out;
-        for (Index k = 1; k < shares; ++k) {
-            const T* z = partial.get() + (k - 1) * m;
-            for (Index i = 0; i < m; ++i) y[i] += z[i];
+        for (Index i = 0; i < m; ++i) {
+            T v = y[i];
+            for (Index k = 1; k < shares; ++k) v += partial[static_cast<std::size_t>((k - 1) * m + i)];
+            y[i] = clamp_p(v);
         }
-        return apply_fused(act_p, y, m);
+        return;
     }
     if (threads == 1) {  // one band: the two steps apart were as fast or faster
         ThreadScratch<T> d(static_cast<std::size_t>(cexp * n_out), std::nullopt);  // the depthwise tensor
