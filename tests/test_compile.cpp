@@ -30,7 +30,10 @@ void check_same(const Graph<double>& a, const Graph<double>& b, double tol) {
     const auto xs = inputs_for(a);
     const auto ya = run_all(a, xs), yb = run_all(b, xs);
     REQUIRE(ya.size() == yb.size());
-    for (std::size_t k = 0; k < ya.size(); ++k) CHECK(test::max_rel_err(yb[k], ya[k]) < tol);
+    for (std::size_t k = 0; k < ya.size(); ++k) {
+        INFO("output " << k);
+        CHECK(test::max_rel_err(yb[k], ya[k]) < tol);
+    }
 }
 
 // Graph k with `units` of the channel group of axis 0 of parameter `param` cut out, killed first
@@ -576,6 +579,148 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
         CHECK_THROWS_WITH(manual.add_node("shape", std::make_unique<Conv2d<double>>(mo), {mx}, {mp[0], mp[1], mp[2], mp[3], mp[2], mp[5]}),
                           Catch::Contains("shape") && Catch::Contains("project_weight"));
     }
+}
+
+TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its projection run as one conv", "[compile]") {
+    // MobileNet-v2's first three layers built by hand: a 3x3 stem of stride 2 (with its norm and
+    // ReLU6) over an image of 3 channels, the depthwise 3x3 after it and the 1x1 projection go into
+    // one conv (expand_kernel 3, expand_stride 2, expand_padding 1, project_output). An image of
+    // 5 channels, a depthwise conv of stride 2, a stem or depthwise conv with a second reader, a
+    // stem of stride 1, or the projections off keep the three apart. The fused graph computes
+    // what the original computes: on one, two and three threads, with and without pre-packed
+    // weights, saved and loaded, compiled again, and after channels are cut from it.
+    GraphBuilder<double> b(12);
+    auto x = b.input("x", {2, 3, 40, 46});
+    auto x5 = b.input("x5", {1, 5, 20, 24});
+    auto stem = [&](Var<double> v, const std::string& name, Index out, Index stride = 2) {
+        return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 3, .stride = stride,
+                                                               .padding = 1, .bias = false}),
+                                          name + "_bn"),
+                         name + "_act");
+    };
+    auto project = [&](Var<double> v, const std::string& name, Index out) {
+        return nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 1, .bias = false}), name + "_bn");
+    };
+    auto y1 = project(dw(stem(x, "s1", 12), "d1", 1), "p1", 7);       // fused
+    auto y2 = project(dw(stem(x5, "s2", 8), "d2", 1), "p2", 4);       // 5 channels
+    auto y3 = project(dw(stem(x, "s3", 6), "d3", 2), "p3", 4);        // a depthwise conv of stride 2
+    auto s4 = stem(x, "s4", 5);
+    auto y4 = nn::add(dw(s4, "d4", 1), s4, "sum4");                   // a second reader of the stem
+    auto d5 = dw(stem(x, "s5", 9), "d5", 1);                          // the depthwise conv is the graph's output too
+    auto y6 = project(dw(stem(x, "s6", 4, 1), "d6", 1), "p6", 3);     // a stem of stride 1
+    for (auto v : {y1, y2, y3, y4, project(d5, "p5", 2), d5, y6}) b.output(v);
+    auto h = std::move(b).build();
+    test::randomize(h, 41);
+    const auto k = compile_for_inference(h);
+    check_same(h, k, 1e-12);
+    const bool fits = kernels::stem_block_fits(3, kernels::ConvGeometry{.in_h = 40, .in_w = 46, .out_h = 20, .out_w = 23,
+                                                                        .kernel_h = 3, .kernel_w = 3, .stride_h = 2,
+                                                                        .stride_w = 2, .pad_h = 1, .pad_w = 1},
+                                               kernels::ConvGeometry{.in_h = 20, .in_w = 23, .out_h = 20, .out_w = 23,
+                                                                     .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1});
+    {
+        const auto& node = k.node(k.node_id("d1"));
+        const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        CHECK(co.project_output == fits);
+        CHECK(co.expand_input == fits);
+        CHECK(k.has_node("s1") != fits);
+        CHECK(k.has_node("p1") != fits);
+        if (fits) {
+            CHECK(co.expand_kernel == Pair2{3});
+            CHECK(co.expand_stride == Pair2{2});
+            CHECK(co.expand_padding == Pair2{1});
+            CHECK(co.expand_activation == FusedActivation::relu6);
+            CHECK(co.activation == FusedActivation::relu6);
+            CHECK(co.project_activation == FusedActivation::none);
+            REQUIRE(node.params.size() == 6u);
+            CHECK(k.parameter(node.params[2]).shape() == Shape{12, 3, 3, 3});
+            CHECK(k.parameter(node.params[4]).shape() == Shape{7, 12, 1, 1});
+            CHECK(k.value(node.inputs[0]).shape == Shape{2, 3, 40, 46});
+            CHECK(k.value(node.outputs[0]).shape == Shape{2, 7, 20, 23});
+        }
+    }
+    for (const std::string s : {"s2", "s3", "s4", "s5", "s6"}) {
+        INFO(s);
+        CHECK(k.has_node(s));
+        CHECK_FALSE(static_cast<const Conv2d<double>&>(*k.node(k.node_id("d" + s.substr(1))).op).options().expand_input);
+    }
+    const auto off = compile_for_inference(h, {.fuse_projections = false});
+    CHECK(off.has_node("s1"));
+    CHECK(off.has_node("p1"));
+    check_same(h, off, 1e-12);
+    CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)));
+
+    check_compiled(h, k, {1, 2, 3}, "d1");
+    if (!fits) return;
+    const auto xs = inputs_for(h);
+    // the stem's channels cut from the compiled graph (the depthwise conv's weight and bias, the
+    // stem's rows, the projection's columns), killed first so that the outputs stay the same
+    const auto cut = cut_channels(k, "d1.weight", {0, 5, 11}, xs);
+    const auto& node = cut.node(cut.node_id("d1"));
+    CHECK(static_cast<const Conv2d<double>&>(*node.op).options().groups == 9);
+    CHECK(cut.parameter(node.params[2]).shape() == Shape{9, 3, 3, 3});
+    CHECK(cut.parameter(node.params[4]).shape() == Shape{7, 9, 1, 1});
+
+    // set by hand where the fused kernel does not take the three (5 input channels), and with the
+    // stem but no projection: the stem runs through im2col into the workspace, the depthwise
+    // conv over it (and the projection after), computing the same; a stem window without
+    // expand_input, or a stem weight of the wrong shape, is refused with the node's name
+    const auto parts = compile_for_inference(h, {.fuse_expansions = false});
+    for (const bool with_projection : {true, false}) {
+        INFO("projection " << with_projection);
+        Graph<double> manual;
+        const ValueId mx = manual.add_input("x5", {1, 5, 20, 24});
+        std::vector<ParamId> mp;
+        for (const std::string n : {"d2", "s2", "p2"}) {
+            if (n == "p2" && !with_projection) break;
+            for (ParamId q : parts.node(parts.node_id(n)).params) mp.push_back(manual.add_parameter(Parameter<double>(parts.parameter(q))));
+        }
+        auto mo = static_cast<const Conv2d<double>&>(*parts.node(parts.node_id("d2")).op).options();
+        mo.expand_input = true;
+        mo.expand_activation = FusedActivation::relu6;
+        mo.expand_kernel = 3, mo.expand_stride = 2, mo.expand_padding = 1;
+        mo.project_output = with_projection;
+        const NodeId md = manual.add_node("d2", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
+        manual.add_output(manual.node(md).outputs[0]);
+        Executor<double> m(manual);
+        const auto x5s = test::random_tensor<double>({1, 5, 20, 24}, 44);
+        const auto got = m.forward(x5s);
+        // with the projection: the original's output y2 (its second) on the same image; without,
+        // the stem and the depthwise conv run apart
+        if (with_projection) {
+            const auto x3s = test::random_tensor<double>({2, 3, 40, 46}, 45);
+            Executor<double> a(h);
+            CHECK(test::max_rel_err(got, a.forward({x3s.ref(), x5s.ref()})[1]) < 1e-12);
+        } else {
+            Graph<double> apart;
+            const ValueId ax = apart.add_input("x5", {1, 5, 20, 24});
+            ValueId v = ax;
+            for (const std::string n : {"s2", "d2"}) {
+                const auto& pn = parts.node(parts.node_id(n));
+                std::vector<ParamId> ps;
+                for (ParamId q : pn.params) ps.push_back(apart.add_parameter(Parameter<double>(parts.parameter(q))));
+                v = apart.node(apart.add_node(n, pn.op->clone(), {v}, ps)).outputs[0];
+            }
+            apart.add_output(v);
+            Executor<double> e(apart);
+            CHECK(test::max_rel_err(got, e.forward(x5s)) < 1e-12);
+        }
+    }
+    auto bad = static_cast<const Conv2d<double>&>(*parts.node(parts.node_id("d2")).op).options();
+    bad.expand_kernel = 3;
+    Graph<double> refused;
+    const ValueId rx = refused.add_input("x", {1, 8, 10, 12});
+    std::vector<ParamId> rp;
+    for (ParamId q : parts.node(parts.node_id("d2")).params) rp.push_back(refused.add_parameter(Parameter<double>(parts.parameter(q))));
+    CHECK_THROWS_WITH(refused.add_node("window", std::make_unique<Conv2d<double>>(bad), {rx}, rp),
+                      Catch::Contains("window") && Catch::Contains("expand_kernel, expand_stride or expand_padding is set without expand_input"));
+    bad.expand_input = true;
+    bad.expand_stride = 2, bad.expand_padding = 1;
+    const ParamId sw = refused.add_parameter(Parameter<double>("sw", Shape{8, 8, 1, 1}));
+    const ParamId sb = refused.add_parameter(Parameter<double>("sb", Shape{8}));
+    rp.insert(rp.end(), {sw, sb});
+    CHECK_THROWS_WITH(refused.add_node("weight", std::make_unique<Conv2d<double>>(bad), {rx}, rp),
+                      Catch::Contains("weight") && Catch::Contains("expand_weight"));
 }
 
 TEST_CASE("compile: a 1x1 conv runs after the average pooling that follows it (DenseNet's transitions)", "[compile]") {

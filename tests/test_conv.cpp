@@ -658,6 +658,92 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
 #endif
 }
 
+TEST_CASE("a stem, the depthwise 3x3 and the 1x1 projection after it in one pass match the three layers apart", "[conv]") {
+    // stem_block against a plain loop in double: y = act_p(P act(dw(act_s(S x + s)) + b) + p + r)
+    // with S a 3x3 conv of stride 2 and padding 1. MobileNet-v2's 224 x 224 pruned by three
+    // quarters (3 -> 8 -> 4); odd heights and widths; one input channel and four; stems to a
+    // partial panel (13, 11) and to fewer channels than a panel (3, 5); rows 224 and 225 wide,
+    // whose chunks of 6 or 7 rows make 2 or 3 chunks per band on two threads and 5 on one; a
+    // 6 x 6 output (one band, one step of pixels); one, two and three threads. ReLU6 after the
+    // stem and the depthwise conv and ReLU after the projection, or none, with and without the
+    // biases and a residual. A NaN in the image (at a row's end) reaches only the outputs whose
+    // windows hold it, in every projected channel.
+    const auto small = same3x3(12, 12, 2), dw6 = same3x3(6, 6, 1);
+    CHECK_FALSE(kernels::stem_block_fits(5, small, dw6));                // 5 inputs
+    CHECK_FALSE(kernels::stem_block_fits(3, same3x3(12, 12, 1), dw6));   // a stem of stride 1
+    CHECK_FALSE(kernels::stem_block_fits(3, small, same3x3(6, 6, 2)));   // a depthwise conv of stride 2
+    CHECK_FALSE(kernels::stem_block_fits(3, same3x3(10, 10, 2), same3x3(5, 5, 1)));  // 25 outputs: under a step
+#if !defined(__AVX512F__)
+    CHECK_FALSE(kernels::stem_block_fits(3, small, dw6));  // the fused kernel is AVX-512's
+#else
+    auto check = []<class T>(T, double tol) {
+        struct Case {
+            Index cin, cexp, cout, h, w, threads;
+        };
+        for (const auto& c : {Case{3, 8, 4, 224, 224, 2}, Case{3, 13, 7, 57, 63, 2}, Case{1, 3, 5, 30, 40, 3},
+                              Case{4, 16, 9, 64, 448, 1}, Case{3, 11, 6, 70, 450, 2}, Case{2, 5, 3, 12, 12, 2},
+                              Case{3, 16, 9, 64, 448, 2}}) {
+            const ThreadCountScope threads(int(c.threads));
+            const auto sg = kernels::direct_geometry<T, 3, 3, 2>(c.cin, c.h, c.w, 1, 1, c.cexp);
+            const Index ho = sg.out_h, wo = sg.out_w, n = ho * wo;
+            REQUIRE(kernels::stem_block_fits(c.cin, same3x3(c.h, c.w, 2), same3x3(ho, wo, 1)));
+            auto x = test::random_tensor<T>({c.cin, c.h, c.w}, 3 * c.h + c.w, -2.0, 2.0);
+            x[(c.h / 2) * c.w + c.w - 1] = std::numeric_limits<T>::quiet_NaN();
+            const auto sw = test::random_tensor<T>({c.cexp, c.cin, 3, 3}, 5 + c.w);
+            const auto sb = test::random_tensor<T>({c.cexp}, 6 + c.w);
+            const auto w = test::random_tensor<T>({c.cexp, 3, 3}, 7 + c.w);
+            const auto bias = test::random_tensor<T>({c.cexp}, 8 + c.w);
+            const auto pw = test::random_tensor<T>({c.cout, c.cexp}, 10 + c.w);
+            const auto pb = test::random_tensor<T>({c.cout}, 11 + c.w);
+            const auto res = test::random_tensor<T>({c.cout, ho, wo}, 9 + c.w);
+            std::vector<T> packed_s(static_cast<std::size_t>(kernels::direct_packed_size(c.cexp, c.cin, 9))),
+                packed_p(static_cast<std::size_t>(kernels::direct_packed_size(c.cout, c.cexp, 1)));
+            kernels::pack_direct_weights(sw.data(), c.cexp, c.cin, 9, packed_s.data());
+            kernels::pack_direct_weights(pw.data(), c.cout, c.cexp, 1, packed_p.data());
+            for (const bool plain : {false, true}) {
+                const auto act = plain ? FusedActivation::none : FusedActivation::relu6;
+                const auto act_p = plain ? FusedActivation::none : FusedActivation::relu;
+                Tensor<T> y(Shape{c.cout, ho, wo}, T(-7));
+                kernels::stem_block<T>(x.data(), sg, packed_s.data(), plain ? nullptr : sb.data(), act, w.data(),
+                                       plain ? nullptr : bias.data(), act, c.cout, packed_p.data(), plain ? nullptr : pb.data(),
+                                       act_p, y.data(), plain ? nullptr : res.data());
+                // the three layers in double (NaN where the image's NaN reaches)
+                auto clamp6 = [&](double s) { return plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0); };
+                std::vector<double> e(static_cast<std::size_t>(c.cexp * n)), z(e.size());
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index r = 0; r < ho; ++r)
+                        for (Index q = 0; q < wo; ++q) {
+                            double s = plain ? 0.0 : double(sb[o]);
+                            for (Index k = 0; k < c.cin; ++k)
+                                s = depthwise3x3_ref(sw.data() + (o * c.cin + k) * 9, s, c.h, c.w, 2, r, q,
+                                                     [&](Index i) { return x[k * c.h * c.w + i]; });
+                            e[o * n + r * wo + q] = clamp6(s);
+                        }
+                for (Index o = 0; o < c.cexp; ++o)
+                    for (Index r = 0; r < ho; ++r)
+                        for (Index q = 0; q < wo; ++q)
+                            z[o * n + r * wo + q] = clamp6(depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), ho,
+                                                                            wo, 1, r, q, [&](Index i) { return e[o * n + i]; }));
+                for (Index o = 0; o < c.cout; ++o)
+                    for (Index p = 0; p < n; ++p) {
+                        double s = plain ? 0.0 : double(pb[o]) + double(res[o * n + p]);
+                        for (Index k = 0; k < c.cexp; ++k) s += double(pw[o * c.cexp + k]) * z[k * n + p];
+                        const double want = plain || std::isnan(s) ? s : std::max(s, 0.0);
+                        const double got = y[o * n + p];
+                        INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "
+                             << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " threads " << c.threads
+                             << " output " << o << ", " << p);
+                        REQUIRE(std::isnan(got) == std::isnan(want));
+                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+                    }
+            }
+        }
+    };
+    check(0.0f, 2e-5);
+    check(0.0, 1e-12);
+#endif
+}
+
 TEMPLATE_TEST_CASE("the direct 3x3 kernel, flat and through padded phase planes, matches a plain loop at stride 1 and 2, "
                    "NaN kept to its window",
                    "[conv]", float, double) {

@@ -288,10 +288,10 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 /// with std::nullopt, for a body that writes what it reads first): the thread that
 /// uses a slice writes it first, in parallel with the others, where setting every
 /// slice up front on the calling thread took 1.4 % of the samples of pruned
-/// MobileNet-v2 at 75 % while the other core waited. With several threads, each
-/// slice starts a 4 KiB page and owns its pages whole (for element sizes that divide
-/// 4096 bytes): slices one cache line apart had the cores' prefetchers pull each
-/// other's lines, and a 1440-channel depthwise conv at 14 x 14 (each channel's
+/// MobileNet-v2 at 75 % while the other core waited. Each slice starts a 4 KiB page
+/// (so kernels may lay out aligned vectors in it) and, with several threads, owns
+/// its pages whole (for element sizes that divide 4096 bytes): slices one cache line
+/// apart had the cores' prefetchers pull each other's lines, and a 1440-channel depthwise conv at 14 x 14 (each channel's
 /// planes written into a 1 KiB slice) ran 1.3x faster on two threads than on one
 /// instead of 1.9x (Intel, AVX-512). Inside an enclosing parallel region,
 /// parallel_for runs serially, and so one slice is enough.
@@ -301,9 +301,8 @@ public:
     explicit ThreadScratch(std::size_t per_thread, std::optional<T> init = T(0))
         : slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())),
           per_(slices_ > 1 ? padded(per_thread) : per_thread), used_(per_thread), init_(init),
-          data_(new T[slices_ * per_ + (slices_ > 1 ? page : 0)]),
-          first_(slices_ > 1 ? data_.get() + (page - reinterpret_cast<std::uintptr_t>(data_.get()) % 4096 / sizeof(T)) % page
-                             : data_.get()),
+          data_(new T[slices_ * per_ + page]),
+          first_(data_.get() + (page - reinterpret_cast<std::uintptr_t>(data_.get()) % 4096 / sizeof(T)) % page),
           ready_(slices_, 0) {}
     T* slice() {
         const std::size_t t = slices_ > 1 ? static_cast<std::size_t>(detail::loop_thread) : 0;
@@ -319,7 +318,7 @@ private:
     std::size_t slices_, per_, used_;
     std::optional<T> init_;
     std::unique_ptr<T[]> data_;
-    T* first_;                 // the first slice: a page's first element when there are several
+    T* first_;                 // the first slice: a page's first element
     std::vector<char> ready_;  // slice t set to init_ (written by its thread only)
 };
 

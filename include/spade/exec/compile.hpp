@@ -32,6 +32,13 @@
 //     takes the depthwise shape (kernels::inverted_residual_fits: outputs of up to 56
 //     rows, planes of a step of pixels or more): the whole block runs in one pass,
 //     band by band, or on rows under 14 wide (7 x 7) split by the expanded channels;
+//   - a stem in place of the 1x1 expansion (a 3x3 conv of stride 2 and padding 1,
+//     without dilation or groups, its norms folded and its activation fused), whose
+//     output only such a depthwise conv reads, goes into that conv's input pass the
+//     same way (Conv2dOptions::expand_kernel, expand_stride, expand_padding), where
+//     the projection goes in too and the fused kernel takes the three
+//     (kernels::stem_block_fits: up to 4 input channels, a 3x3 depthwise conv of
+//     stride 1 and padding 1, AVX-512): MobileNet-v2's first three layers;
 //   - subgraphs (FixedPoint bodies) are compiled the same way.
 // Folding needs the intermediate tensor to have no other reader: a conv whose
 // output also feeds a second layer, or is a graph output, is left as it is.
@@ -262,12 +269,15 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     // the fused kernel takes the depthwise conv's shape, goes into that conv's input pass (both
     // convs have plans: every conv without an activation of its own gets one, and neither has one)
     std::map<NodeId, NodeId> expand_into;  // depthwise conv -> its expansion
-    std::vector<char> expansion(n, 0);
+    std::vector<char> expansion(n, 0), stem(n, 0);  // stem: an expansion that is a 3x3 conv of stride 2
     for (std::size_t i = 0; i < n && o.fuse_expansions; ++i) {
         const auto& node = g.nodes()[i];
         if (absorbed[i] || node.op->type() != "Conv2d" || input_norm.count(static_cast<NodeId>(i))) continue;
         const auto& eo = static_cast<const Conv2d<T>&>(*node.op).options();
-        if (!eo.pointwise() || eo.residual || eo.input_norm || eo.expand_input || eo.activation != FusedActivation::none)
+        const bool stem_window = eo.kernel == Pair2{3} && eo.stride == Pair2{2} && eo.padding == Pair2{1} &&
+                                 eo.dilation == Pair2{1} && eo.groups == 1;
+        if (!(eo.pointwise() || stem_window) || eo.residual || eo.input_norm || eo.expand_input ||
+            eo.activation != FusedActivation::none)
             continue;
         const Plan& plan = plans.at(static_cast<NodeId>(i));
         if (plan.residual >= 0 || plan.pool >= 0) continue;
@@ -281,11 +291,18 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         if (co.groups != e[1] || w[0] != e[1] || co.input_norm || co.expand_input || co.residual ||
             co.activation != FusedActivation::none || plans.at(r).pool >= 0)
             continue;
-        // where only the whole block fuses (7 x 7), kept below only if the projection goes in too
+        // where only the whole block fuses (7 x 7, stems), kept below only if the projection goes in too
         const auto dg = conv.geometry(e, g.node(r).name);
-        if (!kernels::expand_depthwise_fits(dg) && !(o.fuse_projections && kernels::inverted_residual_fits(dg))) continue;
+        if (stem_window) {
+            const Shape& image = g.value(node.inputs[0]).shape;
+            const auto sg = static_cast<const Conv2d<T>&>(*node.op).geometry(image, node.name);
+            if (!o.fuse_projections || !kernels::stem_block_fits(image[1], sg, dg)) continue;
+        } else if (!kernels::expand_depthwise_fits(dg) && !(o.fuse_projections && kernels::inverted_residual_fits(dg))) {
+            continue;
+        }
         expand_into[r] = static_cast<NodeId>(i);
         expansion[i] = 1;
+        stem[i] = stem_window;
     }
     // the 1x1 conv (with its folds, activation and residual) that alone reads such a depthwise conv
     // (without a residual), where the fused kernel takes its shape, goes into that conv's output pass
@@ -293,9 +310,9 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     std::vector<char> projected(n, 0);      // depthwise convs that take a projection in
     // (a 1x1 conv that is another block's expansion is not taken, even where that expansion is
     // dropped below: the order only ever leaves a fusion out, never makes a wrong one)
-    auto projection_of = [&](NodeId r, const kernels::ConvGeometry& dg) -> NodeId {  // -1: none fuses
+    auto projection_of = [&](NodeId r, bool block_fits) -> NodeId {  // -1: none fuses
         const Plan& plan = plans.at(r);
-        if (!o.fuse_projections || plan.residual >= 0 || plan.pool >= 0 || !kernels::inverted_residual_fits(dg)) return -1;
+        if (!o.fuse_projections || plan.residual >= 0 || plan.pool >= 0 || !block_fits) return -1;
         const ValueId v = g.node(plan.last).outputs[0];
         const NodeId q = readers[static_cast<std::size_t>(v)] == 1 ? only_reader[static_cast<std::size_t>(v)] : -1;
         if (q < 0 || absorbed[static_cast<std::size_t>(q)] || g.node(q).op->type() != "Conv2d" ||
@@ -313,10 +330,11 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const auto& conv = static_cast<const Conv2d<T>&>(*g.node(r).op);
         const ValueId x = g.node(e).outputs[0];  // the expanded tensor, the depthwise conv's own input
         const auto dg = conv.geometry(g.value(x).shape, g.node(r).name);
-        if (const NodeId q = projection_of(r, dg); q >= 0) {
+        const bool is_stem = stem[static_cast<std::size_t>(e)];  // its whole block's fit checked above
+        if (const NodeId q = projection_of(r, is_stem || kernels::inverted_residual_fits(dg)); q >= 0) {
             project_into[q] = r;
             projected[static_cast<std::size_t>(r)] = 1;
-        } else if (!kernels::expand_depthwise_fits(dg)) {
+        } else if (is_stem || !kernels::expand_depthwise_fits(dg)) {
             unfused.push_back(r);
         }
     }
@@ -327,6 +345,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     struct Expansion {
         std::vector<ParamId> params;  // weight, bias (of the copy)
         FusedActivation act;
+        Pair2 kernel, stride, padding;
     };
     std::map<NodeId, Expansion> expansions;  // by the expansion's node
     struct Waiting {  // a depthwise conv waiting for its projection
@@ -431,7 +450,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             };
             if (expansion[i]) {  // its depthwise conv takes it in: its weight and bias (zero if none), its activation
                 zero_bias();
-                expansions[static_cast<NodeId>(i)] = {std::move(params), co.activation};
+                expansions[static_cast<NodeId>(i)] = {std::move(params), co.activation, co.kernel, co.stride, co.padding};
                 map[static_cast<std::size_t>(node.outputs[0])] = in[0];
                 continue;
             }
@@ -440,6 +459,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
                 params.insert(params.end(), ex.params.begin(), ex.params.end());
                 co.expand_input = true;
                 co.expand_activation = ex.act;
+                co.expand_kernel = ex.kernel, co.expand_stride = ex.stride, co.expand_padding = ex.padding;
             }
             if (projected[i]) {  // emitted with its projection
                 waiting[static_cast<NodeId>(i)] = {co, std::move(params), in[0]};

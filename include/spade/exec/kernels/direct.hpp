@@ -760,11 +760,14 @@ void fill_flat_planes(const T* x, const DirectGeometry& g, T* planes, Index r0, 
 }
 // The phase planes of fill_flat_planes for output rows [r0, r1) of one channel only, each plane
 // `stride` apart: a margin of one zero and (for the odd input rows, read by the taps above) the
-// row before r0, then rows r0 to r1 - 1.
+// row before r0, then rows r0 to r1 - 1, then zeros up to the next plane.
 template <class T>
 void fill_band_planes(const T* x, const DirectGeometry& g, T* planes, Index stride, Index r0, Index r1) {
-    const Index wo = g.out_w;
-    for (int p = 0; p < 4; ++p) planes[p * stride] = T(0);
+    const Index wo = g.out_w, end = wo + 1 + (r1 - r0) * wo;
+    for (int p = 0; p < 4; ++p) {
+        planes[p * stride] = T(0);
+        std::fill(planes + p * stride + end, planes + (p + 1) * stride, T(0));
+    }
     // the even rows' margins: read by masked-off lanes and by the plane before's last step only
     std::fill(planes + 1, planes + 1 + wo, T(0));
     std::fill(planes + stride + 1, planes + stride + 1 + wo, T(0));
@@ -781,6 +784,82 @@ void fill_band_planes(const T* x, const DirectGeometry& g, T* planes, Index stri
             split_flat_row(x, g, 2 * r + a, even, even + stride);
         }
 }
+// The stems' banded path (conv3x3_flat, stem_block): up to this many input channels
+inline constexpr Index flat_stem_channels = 4;
+// Where fill_band lays out the phase planes of a band of `rows` output rows of all g.cin
+// channels: planes `stride` apart (whole vectors), the first `lead` elements into the
+// buffer (an element short of a vector), so that every plane's rows start a vector where
+// they are a whole number of vectors wide (MobileNet-v2's stem: 112). An element off that, as
+// they had been, every store of the split rows crossed a cache line: aligned, the planes of a
+// 3 x 224 x 224 image took 13 us instead of 20.7 (one thread, the Intel AMX machine).
+template <class T>
+struct BandPlanes {
+    static constexpr Index lead = Lanes<T>::count - 1;
+    // size: the buffer's elements (whole vectors), what the last step reads past the last plane included
+    Index stride, size;
+    BandPlanes(const DirectGeometry& g, Index rows) {
+        constexpr Index L = Lanes<T>::count;
+        stride = (g.out_w + 1 + rows * g.out_w + L - 1) / L * L;
+        size = lead + 1 + g.cin * 4 * stride + direct_nr<T>();
+    }
+};
+// The phase planes of output rows [o0, o1) of every channel (fill_band_planes) into `buffer`
+// (BandPlanes(g, o1 - o0).size elements, aligned), each plane as tall as the band: a
+// plane's last step reads into the next one's margin, all written here (or the zeros after
+// the last plane, read by lanes whose outputs are not stored), never a row an earlier band
+// left. Returns the first plane.
+template <class T>
+const T* fill_band(const T* x, const DirectGeometry& g, T* buffer, Index o0, Index o1) {
+    const Index stride = BandPlanes<T>(g, o1 - o0).stride;
+    T* planes = buffer + BandPlanes<T>::lead;
+    for (Index c = 0; c < g.cin; ++c) fill_band_planes(x + c * g.h * g.w, g, planes + c * 4 * stride, stride, o0, o1);
+    std::fill(planes + g.cin * 4 * stride, planes + g.cin * 4 * stride + direct_nr<T>(), T(0));
+    return planes;
+}
+// Rows [0, rows) of weight panel `a` (packed [cin][9][MR]) of a 3x3 conv of padding 1 computed
+// flat (conv3x3_flat) over N steps of outputs from flat index f0 on, `count` outputs from f0 on
+// (fewer than the steps hold in the last one): output f of row r stored at y[r y_plane + f]
+// with bias[r] (bias may be null) and res[r y_plane + f] (res may be null). Stride 1: x is the
+// unpadded input (channels `channel` apart, n outputs in the plane, `plane` unused). Stride 2: x
+// is the first of four unpadded phase planes after their margin (flat3x3_tile), channels
+// `channel` apart.
+template <class T, int S, int R, int N>
+[[gnu::always_inline]] inline void flat3x3_steps(const T* x, Index cin, Index channel, Index plane, Index w, Index n,
+                                                 Index f0, Index count, const T* a, Index rows, const T* bias,
+                                                 FusedClamp<T> clamp, T* y, Index y_plane, const T* res) {
+    using V = typename Lanes<T>::type;
+    constexpr int L = Lanes<T>::count, NT = N * direct_vectors;  // vectors of the tile
+    // at stride 1: some tap of some lane reads outside the plane (stride 2 reads margins)
+    const bool edge = S == 1 && (f0 < w + 1 || f0 + NT * L + w + 1 > n);
+    const SameMasks<T, NT> m(f0, w, n, edge);
+    // computed and stored in one piece per kind of tile: with one tile array for both
+    // kinds, GCC kept the accumulators in memory (1.3x slower)
+    auto compute = [&]<bool Edge>() __attribute__((always_inline)) {
+        V acc[R][NT];
+        flat3x3_tile<T, S, R, NT, Edge>(x + f0, cin, channel, plane, w, a, m, acc);
+        auto row = [&](Index r) __attribute__((always_inline)) {
+            const T b = bias ? bias[r] : T(0);
+            T* yo = y + r * y_plane + f0;
+            const T* ro = res ? res + r * y_plane + f0 : nullptr;
+#pragma GCC unroll 8
+            for (int v = 0; v < NT; ++v) {
+                if ((v + 1) * L <= count) {
+                    store_vector(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr);
+                } else if (v * L < count) {
+                    store_vector_masked(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr,
+                                        lane_range<T>(0, count - v * L));
+                }
+            }
+        };
+        // unrolled, every row at a constant index: the tile stays in registers
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+            if (r < rows) row(r);
+    };
+    if constexpr (S == 1)
+        if (edge) return compute.template operator()<true>();
+    compute.template operator()<false>();
+}
 // conv_direct for a 3x3 kernel of stride S (1 or 2) and padding 1 (g.same), computed flat
 // over the output: output f = oh w + ow, a step NR consecutive outputs stored where they lie,
 // no row pieces. At stride 1 in place over the unpadded input: output f reads input
@@ -791,15 +870,13 @@ void fill_band_planes(const T* x, const DirectGeometry& g, T* planes, Index stri
 template <class T, int S>
 void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T* bias, FusedActivation act, T* y,
                   T* work, const T* res) {
-    constexpr Index stem_channels = 4;  // the banded stride-2 path takes up to this many inputs
-    using V = typename Lanes<T>::type;
-    constexpr int L = Lanes<T>::count, MR = direct_mr, NV = direct_vectors;
+    constexpr int MR = direct_mr;
     constexpr Index NR = direct_nr<T>();
     const Index n = g.out_h * g.out_w, w = g.out_w;
     const FusedClamp<T> clamp(act);
     // stride 2 with a stem's few input channels: bands of output rows, each filling the planes it
     // reads into a slice of its own and computed right away (see below)
-    const bool banded = S == 2 && g.cin <= stem_channels && g.out_h >= 2 * num_threads();
+    const bool banded = S == 2 && g.cin <= flat_stem_channels && g.out_h >= 2 * num_threads();
     if (S == 2 && !banded) {
         // a few channels split into bands of rows, so that every thread gets some
         const Index bands = std::clamp<Index>((4 * num_threads() + g.cin - 1) / g.cin, 1, g.out_h);
@@ -818,45 +895,15 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
     // (a plane `plane` apart, each from the margin of its first row on)
     auto tile_of = [&]<int R, int N>(const T* planes, Index plane, Index first, Index total, Index s, Index p,
                                      Index rows) __attribute__((always_inline)) {
-        constexpr int NT = N * NV;  // vectors of the tile
-        const Index f0 = s * NR, count = total - f0;  // outputs from f0 on: under NT L in the plane's last step
-        // at stride 1: some tap of some lane reads outside the plane (stride 2 reads margins)
-        const bool edge = S == 1 && (f0 < w + 1 || f0 + NT * L + w + 1 > n);
-        const SameMasks<T, NT> m(f0, w, n, edge);
+        const Index o = p * MR, f0 = s * NR;
         const T* a = packed + p * g.cin * 9 * MR;
-        // computed and stored in one piece per kind of tile: with one tile array for both
-        // kinds, GCC kept the accumulators in memory (1.3x slower)
-        auto compute = [&]<bool Edge>() __attribute__((always_inline)) {
-            V acc[R][NT];
-            if constexpr (S == 1)
-                flat3x3_tile<T, 1, R, NT, Edge>(x + f0, g.cin, n, 0, w, a, m, acc);
-            else
-                flat3x3_tile<T, 2, R, NT, false>(planes + w + 1 + f0, g.cin, 4 * plane, plane, w, a, m, acc);
-            auto row = [&](Index r) __attribute__((always_inline)) {
-                const Index o = p * MR + r;
-                const T b = bias ? bias[o] : T(0);
-                T* yo = y + o * n + first + f0;
-                const T* ro = res ? res + o * n + first + f0 : nullptr;
-#pragma GCC unroll 8
-                for (int v = 0; v < NT; ++v) {
-                    if ((v + 1) * L <= count) {
-                        store_vector(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr);
-                    } else if (v * L < count) {
-                        store_vector_masked(acc[r][v], b, clamp, yo + v * L, ro ? ro + v * L : nullptr,
-                                            lane_range<T>(0, count - v * L));
-                    }
-                }
-            };
-            // unrolled, every row at a constant index: the tile stays in registers
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r)
-                if (r < rows) row(r);
-        };
-        if (edge) {
-            compute.template operator()<true>();
-        } else {
-            compute.template operator()<false>();
-        }
+        const T* b = bias ? bias + o : nullptr;
+        const T* r = res ? res + o * n + first : nullptr;
+        if constexpr (S == 1)
+            flat3x3_steps<T, 1, R, N>(x, g.cin, n, 0, w, n, f0, total - f0, a, rows, b, clamp, y + o * n + first, n, r);
+        else
+            flat3x3_steps<T, 2, R, N>(planes + w + 1, g.cin, 4 * plane, plane, w, n, f0, total - f0, a, rows, b, clamp,
+                                      y + o * n + first, n, r);
     };
     if (banded) {
         // Stems (3 input channels at 224 x 224): the planes of a band of output rows are filled
@@ -870,19 +917,13 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
         const Index cap = std::max<Index>(1, (Index(1) << 19) / Index(sizeof(T)) / (g.cin * 4 * w));  // rows
         const Index bands = ((g.out_h + cap - 1) / cap + threads - 1) / threads * threads;
         const Index band_rows = (g.out_h + bands - 1) / bands;
-        ThreadScratch<T> scratch(static_cast<std::size_t>(g.cin * 4 * (w + 1 + band_rows * w) + NR), std::nullopt);
+        ThreadScratch<T> scratch(static_cast<std::size_t>(BandPlanes<T>(g, band_rows).size), std::nullopt);
         parallel_for(
             bands,
             [&](long b) {
                 const Index o0 = b * g.out_h / bands, o1 = (b + 1) * g.out_h / bands, total = (o1 - o0) * w;
-                // planes as tall as the band: a plane's last step reads into the next one's margin,
-                // all written in this call (or the zeroed slack), never a row an earlier band left
-                const Index stride = w + 1 + total;
-                T* planes = scratch.slice();
-                for (Index c = 0; c < g.cin; ++c)
-                    fill_band_planes(x + c * g.h * g.w, g, planes + c * 4 * stride, stride, o0, o1);
-                // what the last step reads past the last plane (lanes whose outputs are not stored)
-                std::fill(planes + g.cin * 4 * stride, planes + g.cin * 4 * stride + NR, T(0));
+                const T* planes = fill_band(x, g, scratch.slice(), o0, o1);
+                const Index stride = BandPlanes<T>(g, o1 - o0).stride;
                 auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
                     tile_of.template operator()<R, N>(planes, stride, o0 * w, total, s, p, rows);
                 };

@@ -37,6 +37,14 @@ struct Conv2dOptions {
     /// written out whole.
     bool expand_input = false;
     FusedActivation expand_activation = FusedActivation::none;
+    /// The expansion's window (expand_input): by default the 1x1 conv above. Any other
+    /// (no dilation or groups) makes expand_weight [C, C_in, kh, kw] and the depthwise conv
+    /// run on the expansion's output: a stem (3x3, stride 2, padding 1, an image of up to 4
+    /// channels) goes in where kernels::stem_block_fits, with the projection too
+    /// (MobileNet-v2's first three layers in one pass).
+    Pair2 expand_kernel = 1;
+    Pair2 expand_stride = 1;
+    Pair2 expand_padding = 0;
     /// y = project_activation(P z + p (+ r)) with z the conv's output (after its activation), P
     /// [C_p, C, 1, 1] and p [C_p] the last two parameters (project_weight, project_bias): the 1x1
     /// conv that alone reads a depthwise conv with its expansion folded in (expand_input), folded
@@ -60,6 +68,9 @@ public:
         if (o.kernel.h < 1 || o.kernel.w < 1 || o.stride.h < 1 || o.stride.w < 1 || o.dilation.h < 1 ||
             o.dilation.w < 1 || o.padding.h < 0 || o.padding.w < 0 || o.groups < 1)
             fail<ShapeError>("Conv2d: kernel, stride, dilation and groups must be >= 1 and padding >= 0");
+        if (o.expand_kernel.h < 1 || o.expand_kernel.w < 1 || o.expand_stride.h < 1 || o.expand_stride.w < 1 ||
+            o.expand_padding.h < 0 || o.expand_padding.w < 0)
+            fail<ShapeError>("Conv2d: expand_kernel and expand_stride must be >= 1 and expand_padding >= 0");
     }
     static Conv2d from_attributes(const Attributes& a) {
         const std::string op = "Conv2d";
@@ -76,6 +87,9 @@ public:
                                     .input_activation = fused_activation_from(a, op, "input_activation"),
                                     .expand_input = a.get_or<bool>(op, "expand_input", false),
                                     .expand_activation = fused_activation_from(a, op, "expand_activation"),
+                                    .expand_kernel = a.has("expand_kernel") ? Pair2::from(a, op, "expand_kernel") : Pair2{1},
+                                    .expand_stride = a.has("expand_stride") ? Pair2::from(a, op, "expand_stride") : Pair2{1},
+                                    .expand_padding = a.has("expand_padding") ? Pair2::from(a, op, "expand_padding") : Pair2{0},
                                     .project_output = a.get_or<bool>(op, "project_output", false),
                                     .project_activation = fused_activation_from(a, op, "project_activation")});
     }
@@ -94,6 +108,9 @@ public:
         if (o_.expand_input) a.set("expand_input", true);
         if (o_.expand_activation != FusedActivation::none)
             a.set("expand_activation", std::string(fused_activation_name(o_.expand_activation)));
+        if (o_.expand_kernel != Pair2{1}) a.set("expand_kernel", o_.expand_kernel.vec());
+        if (o_.expand_stride != Pair2{1}) a.set("expand_stride", o_.expand_stride.vec());
+        if (o_.expand_padding != Pair2{0}) a.set("expand_padding", o_.expand_padding.vec());
         if (o_.project_output) a.set("project_output", true);
         if (o_.project_activation != FusedActivation::none)
             a.set("project_activation", std::string(fused_activation_name(o_.project_activation)));
@@ -172,10 +189,14 @@ public:
             if (o_.input_norm || o_.groups != cout)
                 fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_input needs a depthwise conv with one output per ",
                                  "group (groups ", o_.groups, ", output channels ", cout, ") and no input_norm");
-            ctx.expect_param("Conv2d", expand_param(), "expand_weight", Shape{cout, x[1], 1, 1});
+            ctx.expect_param("Conv2d", expand_param(), "expand_weight",
+                             Shape{cout, x[1], o_.expand_kernel.h, o_.expand_kernel.w});
             ctx.expect_param("Conv2d", expand_param() + 1, "expand_bias", Shape{cout});
         } else if (o_.expand_activation != FusedActivation::none) {
             fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_activation is set without expand_input");
+        } else if (!pointwise_expansion()) {
+            fail<ShapeError>("node '", ctx.node, "' (Conv2d): expand_kernel, expand_stride or expand_padding is set ",
+                             "without expand_input");
         }
         Index cy = cout;  // the output's channels
         if (o_.project_output) {
@@ -214,21 +235,24 @@ public:
     Index macs(const ShapeContext& ctx, std::span<const Shape> out) const override {
         const Shape& w = ctx.params[0];
         const Index residual = o_.residual ? 1 : 0, per_out = w[1] * w[2] * w[3] + (o_.bias ? 1 : 0);
-        const Index expand = o_.expand_input ? w[0] * (ctx.inputs[0][1] + 1) * ctx.inputs[0][2] * ctx.inputs[0][3] : 0;
+        // the expansion's conv and bias over its output, the depthwise conv's input plane
+        const auto g = geometry(ctx.inputs[0], ctx.node);
+        const Index expand =
+            o_.expand_input ? w[0] * (ctx.inputs[0][1] * o_.expand_kernel.h * o_.expand_kernel.w + 1) * g.in_h * g.in_w : 0;
         const Index images = ctx.inputs[0][0], own = images * w[0] * out[0][2] * out[0][3];  // the conv's own outputs
         const Index project = o_.project_output ? (w[0] + 1 + residual) * out[0].numel() : 0;  // the 1x1 conv, bias, residual
         return per_out * own + (o_.project_output ? project : residual * own)
                + (o_.input_norm ? 2 * ctx.inputs[0].numel() : 0)  // the map: a x + b
-               + images * expand;                                   // the 1x1 conv and its bias
+               + images * expand;
     }
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
-        if (o_.expand_input) {  // the expanded tensor, and the depthwise one before a projection, where not fused
-            if (whole_block(g)) return 0;
-            const Index expanded = kernels::expand_depthwise_fits(g) ? 0 : ctx.params[0][0] * g.in_h * g.in_w;
-            return expanded + (o_.project_output ? ctx.params[0][0] * g.out_h * g.out_w : 0);
+        if (o_.expand_input) {  // expand_forward's, and the depthwise tensor before a projection, where not fused
+            if (whole_block(ctx.inputs[0], g)) return 0;
+            return expand_workspace(ctx.inputs[0][1], ctx.params[0][0], g) +
+                   (o_.project_output ? ctx.params[0][0] * g.out_h * g.out_w : 0);
         }
         if (depthwise(ctx.inputs[0][1], ctx.params[0]) || g.is_pointwise()) return 0;
         if (const Direct d = direct(g, ctx.inputs[0][1], ctx.params[0][0], false); d != Direct::none)
@@ -243,12 +267,13 @@ public:
     std::unique_ptr<PackedParams> pack(const ShapeContext& ctx, std::span<const TensorRef<const T>> params) const override {
         const auto g = geometry(ctx.inputs[0], ctx.node);
         if (o_.expand_input) {  // the expansion's panels, for the fused kernel
-            if (!whole_block(g) && !kernels::expand_depthwise_fits(g)) return nullptr;
-            auto pk = std::make_unique<Packed>();
             const Index cexp = params[0].shape[0], cin = ctx.inputs[0][1];
-            pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, 1)));
-            kernels::pack_direct_weights(params[expand_param()].data, cexp, cin, 1, pk->weights.data());
-            if (whole_block(g)) {  // and the projection's
+            if (!whole_block(ctx.inputs[0], g) && !fused_expansion(g)) return nullptr;
+            auto pk = std::make_unique<Packed>();
+            const int taps = int(o_.expand_kernel.h * o_.expand_kernel.w);
+            pk->weights.resize(static_cast<std::size_t>(kernels::direct_packed_size(cexp, cin, taps)));
+            kernels::pack_direct_weights(params[expand_param()].data, cexp, cin, taps, pk->weights.data());
+            if (whole_block(ctx.inputs[0], g)) {  // and the projection's
                 const Index cy = params[project_param()].shape[0];
                 pk->projection.resize(static_cast<std::size_t>(kernels::direct_packed_size(cy, cexp, 1)));
                 kernels::pack_direct_weights(params[project_param()].data, cy, cexp, 1, pk->projection.data());
@@ -270,7 +295,8 @@ public:
         const auto& y = ctx.outputs[0];
         const auto g = geometry(x.shape, ctx.node);
         const Index n = x.shape[0], cin = x.shape[1], cout = w.shape[0], cin_g = w.shape[1];
-        const Index cout_g = cout / o_.groups, plane_in = g.in_h * g.in_w, plane_out = g.out_h * g.out_w;
+        // the input's plane (with a stem folded in, g is the depthwise conv's on the stem's output)
+        const Index cout_g = cout / o_.groups, plane_in = x.shape[2] * x.shape[3], plane_out = g.out_h * g.out_w;
         const Index cy = o_.project_output ? ctx.params[project_param()].shape[0] : cout;  // the output's channels
         const Index k = cin_g * g.kernel_h * g.kernel_w;
         std::vector<T> local;  // direct-kernel weights when not pre-packed
@@ -328,21 +354,36 @@ public:
 
     /// The window geometry of this conv on an input of shape x (NCHW); throws naming `node` when
     /// the input is too small for the kernel.
+    /// With an expansion of another window folded in (expand_input), the conv's own input is the
+    /// expansion's output (expansion_geometry).
     kernels::ConvGeometry geometry(const Shape& x, std::string_view node) const {
-        kernels::ConvGeometry g;
-        g.in_h = x[2], g.in_w = x[3];
-        g.kernel_h = o_.kernel.h, g.kernel_w = o_.kernel.w, g.stride_h = o_.stride.h, g.stride_w = o_.stride.w;
-        g.pad_h = o_.padding.h, g.pad_w = o_.padding.w, g.dilation_h = o_.dilation.h, g.dilation_w = o_.dilation.w;
-        g.out_h = kernels::ConvGeometry::out_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-        g.out_w = kernels::ConvGeometry::out_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-        if (g.out_h < 1 || g.out_w < 1)
-            fail<ShapeError>("node '", node, "' (Conv2d): input ", x, " is too small for kernel ", o_.kernel.h, "x",
-                             o_.kernel.w, " (dilation ", o_.dilation.h, "x", o_.dilation.w, ", padding ", o_.padding.h,
-                             "x", o_.padding.w, ")");
-        return g;
+        if (o_.expand_input && !pointwise_expansion()) {
+            const auto e = expansion_geometry(x, node);
+            return window(e.out_h, e.out_w, o_.kernel, o_.stride, o_.padding, o_.dilation, x, node, "kernel");
+        }
+        return window(x[2], x[3], o_.kernel, o_.stride, o_.padding, o_.dilation, x, node, "kernel");
+    }
+    /// The window geometry of the expansion folded in (expand_input) on an input of shape x.
+    kernels::ConvGeometry expansion_geometry(const Shape& x, std::string_view node) const {
+        return window(x[2], x[3], o_.expand_kernel, o_.expand_stride, o_.expand_padding, Pair2{1}, x, node, "expand_kernel");
     }
 
 private:
+    // The geometry of a window over an in_h x in_w plane; throws naming `node` when the plane
+    // (of input x) is too small for it
+    static kernels::ConvGeometry window(Index in_h, Index in_w, Pair2 kernel, Pair2 stride, Pair2 padding, Pair2 dilation,
+                                        const Shape& x, std::string_view node, const char* what) {
+        kernels::ConvGeometry g;
+        g.in_h = in_h, g.in_w = in_w;
+        g.kernel_h = kernel.h, g.kernel_w = kernel.w, g.stride_h = stride.h, g.stride_w = stride.w;
+        g.pad_h = padding.h, g.pad_w = padding.w, g.dilation_h = dilation.h, g.dilation_w = dilation.w;
+        g.out_h = kernels::ConvGeometry::out_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+        g.out_w = kernels::ConvGeometry::out_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+        if (g.out_h < 1 || g.out_w < 1)
+            fail<ShapeError>("node '", node, "' (Conv2d): input ", x, " is too small for ", what, " ", kernel.h, "x", kernel.w,
+                             " (dilation ", dilation.h, "x", dilation.w, ", padding ", padding.h, "x", padding.w, ")");
+        return g;
+    }
     static bool depthwise(Index cin, const Shape& w) { return w[1] == 1 && cin > 1 && w[0] % cin == 0; }
     std::size_t norm_param() const { return o_.bias ? 2 : 1; }  // input_scale, then input_shift
     std::size_t expand_param() const { return norm_param() + (o_.input_norm ? 2 : 0); }  // expand_weight, expand_bias
@@ -362,22 +403,45 @@ private:
         if (first) kernels::pack_direct_weights(w, rows, cols, taps, local.data());
         return local.data();
     }
-    // Whether a conv with its expansion and projection folded in runs as one kernel
-    bool whole_block(const kernels::ConvGeometry& g) const {
-        return o_.project_output && kernels::inverted_residual_fits(g);
+    bool pointwise_expansion() const {
+        return o_.expand_kernel == Pair2{1} && o_.expand_stride == Pair2{1} && o_.expand_padding == Pair2{0};
+    }
+    // Whether a conv with its expansion and projection folded in runs as one kernel on input x
+    bool whole_block(const Shape& x, const kernels::ConvGeometry& g) const {
+        if (!o_.project_output) return false;
+        if (pointwise_expansion()) return kernels::inverted_residual_fits(g);
+        return kernels::stem_block_fits(x[1], expansion_geometry(x, {}), g);  // x was checked by infer_shapes
+    }
+    // Whether a 1x1 expansion and the depthwise conv run as one kernel
+    bool fused_expansion(const kernels::ConvGeometry& g) const {
+        return pointwise_expansion() && kernels::expand_depthwise_fits(g);
+    }
+    // Workspace elements expand_forward takes for `cexp` expanded channels of `cin` inputs: the
+    // expanded tensor where not fused, and the columns of an expansion that is not 1x1
+    Index expand_workspace(Index cin, Index cexp, const kernels::ConvGeometry& g) const {
+        if (fused_expansion(g)) return 0;
+        const Index plane = g.in_h * g.in_w;
+        return cexp * plane + (pointwise_expansion() ? 0 : cin * o_.expand_kernel.h * o_.expand_kernel.w * plane);
     }
     // One image of a conv with its expansion folded in (expand_input): the fused kernel where it
-    // fits (on the expansion's panels), else the expansion into the workspace and the depthwise
-    // conv over it.
+    // fits (on the expansion's panels), else the expansion into the workspace (a 1x1 one as a
+    // GEMM, any other through im2col after it) and the depthwise conv over it.
     void expand_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const Packed* pre,
                         std::vector<T>& local, bool first, T* y, const T* res) const {
         const Index cin = ctx.inputs[0].shape[1], cexp = ctx.params[0].shape[0];
         const T* ew = ctx.params[expand_param()].data;
         const T* eb = ctx.params[expand_param() + 1].data;
         const T* bias = o_.bias ? ctx.params[1].data : nullptr;
-        if (!kernels::expand_depthwise_fits(g)) {
+        if (!fused_expansion(g)) {
             T* e = ctx.workspace.data();
-            gemm_epilogue(cexp, g.in_h * g.in_w, cin, ew, x, eb, o_.expand_activation, nullptr, e);
+            const Index plane = g.in_h * g.in_w;
+            if (pointwise_expansion()) {
+                gemm_epilogue(cexp, plane, cin, ew, x, eb, o_.expand_activation, nullptr, e);
+            } else {
+                const auto eg = expansion_geometry(ctx.inputs[0].shape, ctx.node);
+                const Index k = cin * eg.kernel_h * eg.kernel_w;
+                conv_tiled(x, cin, eg, ew, eb, o_.expand_activation, nullptr, cexp, k, e + cexp * plane, e);
+            }
             kernels::depthwise_conv2d(e, cexp, Index(1), g, ctx.params[0].data, bias, y, o_.activation, res);
             return;
         }
@@ -395,35 +459,41 @@ private:
     }
 
     // One image of a conv with its expansion and projection folded in (project_output): the
-    // fused kernel where it fits (on both 1x1 convs' panels), else the conv with its expansion
-    // into the workspace (after the expanded tensor where that is not fused either) and the
-    // projection over it.
+    // fused kernel where it fits (on both convs' panels), else the conv with its expansion
+    // (expand_forward, its workspace first) and the projection over it.
     void project_forward(const ForwardContext<T>& ctx, const kernels::ConvGeometry& g, const T* x, const Packed* pre,
                          std::vector<T>& local, bool first, T* y, const T* res) const {
-        const Index cexp = ctx.params[0].shape[0], plane_out = g.out_h * g.out_w;
+        const Index cin = ctx.inputs[0].shape[1], cexp = ctx.params[0].shape[0], plane_out = g.out_h * g.out_w;
         const auto& pw = ctx.params[project_param()];
         const T* pb = ctx.params[project_param() + 1].data;
-        if (!whole_block(g)) {
-            T* z = ctx.workspace.data() + (kernels::expand_depthwise_fits(g) ? 0 : cexp * g.in_h * g.in_w);
+        if (!whole_block(ctx.inputs[0].shape, g)) {
+            T* z = ctx.workspace.data() + expand_workspace(cin, cexp, g);
             expand_forward(ctx, g, x, pre, local, first, z, nullptr);
             gemm_epilogue(pw.shape[0], plane_out, cexp, pw.data, z, pb, o_.project_activation, res, y);
             return;
         }
 #if defined(__AVX512F__)
-        const Index cin = ctx.inputs[0].shape[1], cy = pw.shape[0];
+        const Index cy = pw.shape[0];
+        const int taps = int(o_.expand_kernel.h * o_.expand_kernel.w);
         const T* packed_e = pre ? pre->weights.data() : nullptr;
         const T* packed_p = pre ? pre->projection.data() : nullptr;
         if (!pre) {  // both panels in `local`, packed on the first image of a batch
-            const Index size_e = kernels::direct_packed_size(cexp, cin, 1);
+            const Index size_e = kernels::direct_packed_size(cexp, cin, taps);
             local.resize(static_cast<std::size_t>(size_e + kernels::direct_packed_size(cy, cexp, 1)));
             if (first) {
-                kernels::pack_direct_weights(ctx.params[expand_param()].data, cexp, cin, 1, local.data());
+                kernels::pack_direct_weights(ctx.params[expand_param()].data, cexp, cin, taps, local.data());
                 kernels::pack_direct_weights(pw.data, cy, cexp, 1, local.data() + size_e);
             }
             packed_e = local.data(), packed_p = local.data() + size_e;
         }
         const T* eb = ctx.params[expand_param() + 1].data;
         const T* bias = o_.bias ? ctx.params[1].data : nullptr;
+        if (!pointwise_expansion()) {  // a stem
+            const Shape& xs = ctx.inputs[0].shape;
+            const auto sg = kernels::direct_geometry<T, 3, 3, 2>(cin, xs[2], xs[3], 1, 1, cexp);
+            return kernels::stem_block<T>(x, sg, packed_e, eb, o_.expand_activation, ctx.params[0].data, bias, o_.activation,
+                                          cy, packed_p, pb, o_.project_activation, y, res);
+        }
         auto run = [&]<int S>() {
             kernels::inverted_residual<T, S>(x, cin, g, cexp, packed_e, eb, o_.expand_activation, ctx.params[0].data, bias,
                                              o_.activation, cy, packed_p, pb, o_.project_activation, y, res);
