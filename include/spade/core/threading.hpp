@@ -291,9 +291,9 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 /// MobileNet-v2 at 75 % while the other core waited. Each slice starts a 4 KiB page
 /// (so kernels may lay out aligned vectors in it) and, with several threads, owns
 /// its pages whole (for element sizes that divide 4096 bytes): slices one cache line
-/// apart had the cores' prefetchers pull each other's lines, and a 1440-channel depthwise conv at 14 x 14 (each channel's
-/// planes written into a 1 KiB slice) ran 1.3x faster on two threads than on one
-/// instead of 1.9x (Intel, AVX-512). Inside an enclosing parallel region,
+/// apart had the cores' prefetchers pull each other's lines, and a 1440-channel
+/// depthwise conv at 14 x 14 (each channel's planes written into a 1 KiB slice) ran
+/// 1.3x faster on two threads than on one instead of 1.9x (Intel, AVX-512). Inside an enclosing parallel region,
 /// parallel_for runs serially, and so one slice is enough.
 template <class T>
 class ThreadScratch {
