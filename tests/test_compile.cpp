@@ -584,14 +584,16 @@ TEST_CASE("compile: the 1x1 projection after a depthwise conv with its expansion
 TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its projection run as one conv", "[compile]") {
     // MobileNet-v2's first three layers built by hand: a 3x3 stem of stride 2 (with its norm and
     // ReLU6) over an image of 3 channels, the depthwise 3x3 after it and the 1x1 projection go into
-    // one conv (expand_kernel 3, expand_stride 2, expand_padding 1, project_output). An image of
-    // 5 channels, a depthwise conv of stride 2, a stem or depthwise conv with a second reader, a
-    // stem of stride 1, or the projections off keep the three apart. The fused graph computes
-    // what the original computes: on one, two and three threads, with and without pre-packed
-    // weights, saved and loaded, compiled again, and after channels are cut from it.
+    // one conv (expand_kernel 3, expand_stride 2, expand_padding 1, project_output), also with a
+    // residual Add after the projection. An image of 5 channels, a depthwise conv of stride 2, a
+    // stem or depthwise conv with a second reader, a stem of stride 1, or the projections off
+    // keep the three apart. The fused graph computes what the original computes: on one, two and
+    // three threads, with and without pre-packed weights, saved and loaded, compiled again, and
+    // after channels are cut from it.
     GraphBuilder<double> b(12);
+    const Shape image5{2, 5, 160, 160};  // 80 x 80 stem outputs: im2col over blocks of pixels in parallel
     auto x = b.input("x", {2, 3, 40, 46});
-    auto x5 = b.input("x5", {1, 5, 20, 24});
+    auto x5 = b.input("x5", image5);
     auto stem = [&](Var<double> v, const std::string& name, Index out, Index stride = 2) {
         return nn::relu6(nn::batch_norm2d(nn::conv2d(v, name, {.out_channels = out, .kernel = 3, .stride = stride,
                                                                .padding = 1, .bias = false}),
@@ -608,7 +610,8 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
     auto y4 = nn::add(dw(s4, "d4", 1), s4, "sum4");                   // a second reader of the stem
     auto d5 = dw(stem(x, "s5", 9), "d5", 1);                          // the depthwise conv is the graph's output too
     auto y6 = project(dw(stem(x, "s6", 4, 1), "d6", 1), "p6", 3);     // a stem of stride 1
-    for (auto v : {y1, y2, y3, y4, project(d5, "p5", 2), d5, y6}) b.output(v);
+    auto y7 = nn::add(project(dw(stem(x, "s7", 10), "d7", 1), "p7", 7), y1, "sum7");  // fused, with the residual
+    for (auto v : {y1, y2, y3, y4, project(d5, "p5", 2), d5, y6, y7}) b.output(v);
     auto h = std::move(b).build();
     test::randomize(h, 41);
     const auto k = compile_for_inference(h);
@@ -618,14 +621,18 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
                                                                         .stride_w = 2, .pad_h = 1, .pad_w = 1},
                                                kernels::ConvGeometry{.in_h = 20, .in_w = 23, .out_h = 20, .out_w = 23,
                                                                      .kernel_h = 3, .kernel_w = 3, .pad_h = 1, .pad_w = 1});
-    {
-        const auto& node = k.node(k.node_id("d1"));
+    for (const std::string d : {"d1", "d7"}) {
+        INFO(d);
+        const auto& node = k.node(k.node_id(d));
         const auto& co = static_cast<const Conv2d<double>&>(*node.op).options();
+        const bool residual = d == "d7";
         CHECK(co.project_output == fits);
         CHECK(co.expand_input == fits);
-        CHECK(k.has_node("s1") != fits);
-        CHECK(k.has_node("p1") != fits);
+        CHECK(k.has_node("s" + d.substr(1)) != fits);
+        CHECK(k.has_node("p" + d.substr(1)) != fits);
         if (fits) {
+            CHECK(co.residual == residual);
+            CHECK(node.inputs.size() == (residual ? 2u : 1u));
             CHECK(co.expand_kernel == Pair2{3});
             CHECK(co.expand_stride == Pair2{2});
             CHECK(co.expand_padding == Pair2{1});
@@ -633,8 +640,9 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
             CHECK(co.activation == FusedActivation::relu6);
             CHECK(co.project_activation == FusedActivation::none);
             REQUIRE(node.params.size() == 6u);
-            CHECK(k.parameter(node.params[2]).shape() == Shape{12, 3, 3, 3});
-            CHECK(k.parameter(node.params[4]).shape() == Shape{7, 12, 1, 1});
+            const Index c = residual ? 10 : 12;
+            CHECK(k.parameter(node.params[2]).shape() == Shape{c, 3, 3, 3});
+            CHECK(k.parameter(node.params[4]).shape() == Shape{7, c, 1, 1});
             CHECK(k.value(node.inputs[0]).shape == Shape{2, 3, 40, 46});
             CHECK(k.value(node.outputs[0]).shape == Shape{2, 7, 20, 23});
         }
@@ -651,25 +659,27 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
     CHECK(total_macs(k, example_input_shapes(k)) == total_macs(off, example_input_shapes(off)));
 
     check_compiled(h, k, {1, 2, 3}, "d1");
-    if (!fits) return;
-    const auto xs = inputs_for(h);
-    // the stem's channels cut from the compiled graph (the depthwise conv's weight and bias, the
-    // stem's rows, the projection's columns), killed first so that the outputs stay the same
-    const auto cut = cut_channels(k, "d1.weight", {0, 5, 11}, xs);
-    const auto& node = cut.node(cut.node_id("d1"));
-    CHECK(static_cast<const Conv2d<double>&>(*node.op).options().groups == 9);
-    CHECK(cut.parameter(node.params[2]).shape() == Shape{9, 3, 3, 3});
-    CHECK(cut.parameter(node.params[4]).shape() == Shape{7, 9, 1, 1});
+    if (fits) {
+        // the stem's channels cut from the compiled graph (the depthwise conv's weight and bias,
+        // the stem's rows, the projection's columns), killed first so that the outputs stay the same
+        const auto cut = cut_channels(k, "d1.weight", {0, 5, 11}, inputs_for(h));
+        const auto& node = cut.node(cut.node_id("d1"));
+        CHECK(static_cast<const Conv2d<double>&>(*node.op).options().groups == 9);
+        CHECK(cut.parameter(node.params[2]).shape() == Shape{9, 3, 3, 3});
+        CHECK(cut.parameter(node.params[4]).shape() == Shape{7, 9, 1, 1});
+    }
 
     // set by hand where the fused kernel does not take the three (5 input channels), and with the
-    // stem but no projection: the stem runs through im2col into the workspace, the depthwise
-    // conv over it (and the projection after), computing the same; a stem window without
-    // expand_input, or a stem weight of the wrong shape, is refused with the node's name
+    // stem but no projection: the stem runs through im2col into the workspace (two threads taking
+    // blocks of its pixels), the depthwise conv over it (and the projection after), computing the
+    // same for both images; a stem window without expand_input, or a stem weight of the wrong
+    // shape, is refused with the node's name
+    const ThreadCountScope two(2);
     const auto parts = compile_for_inference(h, {.fuse_expansions = false});
     for (const bool with_projection : {true, false}) {
         INFO("projection " << with_projection);
         Graph<double> manual;
-        const ValueId mx = manual.add_input("x5", {1, 5, 20, 24});
+        const ValueId mx = manual.add_input("x5", image5);
         std::vector<ParamId> mp;
         for (const std::string n : {"d2", "s2", "p2"}) {
             if (n == "p2" && !with_projection) break;
@@ -683,7 +693,7 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
         const NodeId md = manual.add_node("d2", std::make_unique<Conv2d<double>>(mo), {mx}, mp);
         manual.add_output(manual.node(md).outputs[0]);
         Executor<double> m(manual);
-        const auto x5s = test::random_tensor<double>({1, 5, 20, 24}, 44);
+        const auto x5s = test::random_tensor<double>(image5, 44);
         const auto got = m.forward(x5s);
         // with the projection: the original's output y2 (its second) on the same image; without,
         // the stem and the depthwise conv run apart
@@ -693,7 +703,7 @@ TEST_CASE("compile: a stem, the depthwise conv that alone reads it and its proje
             CHECK(test::max_rel_err(got, a.forward({x3s.ref(), x5s.ref()})[1]) < 1e-12);
         } else {
             Graph<double> apart;
-            const ValueId ax = apart.add_input("x5", {1, 5, 20, 24});
+            const ValueId ax = apart.add_input("x5", image5);
             ValueId v = ax;
             for (const std::string n : {"s2", "d2"}) {
                 const auto& pn = parts.node(parts.node_id(n));

@@ -663,8 +663,9 @@ TEST_CASE("a stem, the depthwise 3x3 and the 1x1 projection after it in one pass
     // with S a 3x3 conv of stride 2 and padding 1. MobileNet-v2's 224 x 224 pruned by three
     // quarters (3 -> 8 -> 4); odd heights and widths; one input channel and four; stems to a
     // partial panel (13, 11) and to fewer channels than a panel (3, 5); rows 224 and 225 wide,
-    // whose chunks of 6 or 7 rows make 2 or 3 chunks per band on two threads and 5 on one; a
-    // 6 x 6 output (one band, one step of pixels); one, two and three threads. ReLU6 after the
+    // taken in chunks of 6 to 9 rows (5 chunks on one thread, 2 or 3 per band on two); a 6 x 6
+    // output (one band of a step of pixels in float, two bands in double); one, two and three
+    // threads. ReLU6 after the
     // stem and the depthwise conv and ReLU after the projection, or none, with and without the
     // biases and a residual. A NaN in the image (at a row's end) reaches only the outputs whose
     // windows hold it, in every projected channel.

@@ -267,7 +267,8 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
 
     // a 1x1 conv (with its folds and activation) whose output only a depthwise conv reads, where
     // the fused kernel takes the depthwise conv's shape, goes into that conv's input pass (both
-    // convs have plans: every conv without an activation of its own gets one, and neither has one)
+    // convs have plans: every conv without an activation of its own gets one, and neither has one);
+    // so does a stem (3x3, stride 2, padding 1) where stem_block_fits, kept only with its projection
     std::map<NodeId, NodeId> expand_into;  // depthwise conv -> its expansion
     std::vector<char> expansion(n, 0), stem(n, 0);  // stem: an expansion that is a 3x3 conv of stride 2
     for (std::size_t i = 0; i < n && o.fuse_expansions; ++i) {

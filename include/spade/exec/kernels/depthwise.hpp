@@ -334,9 +334,16 @@ struct PaddedRows {
     // depthwise_flat_channel's plane for the outputs from row `row` (of those rows) on: it starts
     // an element before the row above that row
     const T* flat(const T* channel, Index w, Index row) const { return channel + margin - (w + 1) + row * w; }
+    // zeros in the margins of `channels` channels from e on, around `count` pixels each
+    void zero_margins(T* e, Index channels, Index count) const {
+        for (Index r = 0; r < channels; ++r) {
+            std::fill(e + r * plane, e + r * plane + margin, T(0));
+            std::fill(e + r * plane + margin + count, e + (r + 1) * plane, T(0));
+        }
+    }
 };
-// Elements of the scratch expand_depthwise_panel writes the expanded rows of a panel into, for
-// `rows` input rows (at stride 1 as PaddedRows lays them out).
+// Elements of the scratch expand_depthwise_panel (and stem_block) writes the expanded rows of a
+// panel into, for `rows` input rows (at stride 1 as PaddedRows lays them out).
 template <class T, int S>
 Index expanded_panel_size(const ConvGeometry& g, Index rows) {
     return direct_mr * (S == 1 ? PaddedRows<T>(g.in_w, rows).plane : rows * g.in_w);
@@ -365,10 +372,7 @@ template <class T, int S>
     const Index margin = S == 1 ? pad.margin : 0, plane = S == 1 ? pad.plane : count;  // a channel's rows apart
     const Index rows = std::min<Index>(MR, cexp - p * MR);
     if constexpr (S == 1)  // written each time: the expanded rows of a panel differ in count from band to band
-        for (Index r = 0; r < rows; ++r) {
-            std::fill(e + r * plane, e + r * plane + margin, T(0));
-            std::fill(e + r * plane + margin + count, e + (r + 1) * plane, T(0));
-        }
+        pad.zero_margins(e, rows, count);
     pointwise_steps(x + lo * g.in_w, cin, g.in_h * g.in_w, count, packed + p * cin * MR, rows, 0,
                     bias_e ? bias_e + p * MR : nullptr, clamp_e, e, static_cast<const T*>(nullptr), plane, margin);
     for (Index r = 0; r < rows; ++r) {
@@ -592,8 +596,8 @@ inline bool stem_block_fits(Index cin, const ConvGeometry& sg, const ConvGeometr
 /// tap), where stem_block_fits: MobileNet-v2's first three layers. Neither the stem's nor the
 /// depthwise tensor is written out.
 ///
-/// Each thread takes a band of output rows, in chunks of about 1344 pixels (12 rows of 112),
-/// through all three steps: it fills the phase planes of the image rows a chunk reads
+/// Each thread takes a band of output rows, in chunks of at least 1344 pixels (12 rows of 112)
+/// and under twice that, through all three steps: it fills the phase planes of the image rows a chunk reads
 /// (detail::fill_band, as the stem alone does), then for each weight panel of the stem computes
 /// the panel's channels over the chunk's rows and one row either side (detail::flat3x3_steps)
 /// between zero margins (PaddedRows), and runs the depthwise conv flat over them
@@ -633,19 +637,15 @@ void stem_block(const T* x, const DirectGeometry& sg, const T* packed_s, const T
         const auto [lo, hi] = detail::input_rows<1>(g, o0, o1);
         T* e = scratch.slice() + p_size;  // a panel's stem outputs, rows [lo, hi) of each channel between margins
         T* d = e + e_size;                // channel c's depthwise outputs at d + c count
-        const T* planes = detail::fill_band(x, sg, scratch.slice(), lo, hi);
-        const Index stride = detail::BandPlanes<T>(sg, hi - lo).stride;
+        const auto [planes, stride] = detail::fill_band(x, sg, scratch.slice(), lo, hi);
         const Index total = (hi - lo) * wd;
         const detail::PaddedRows<T> pad(wd, hi - lo);
         for (Index p = 0; p < panels; ++p) {
             const Index rows = std::min<Index>(MR, cexp - p * MR);
-            for (Index r = 0; r < rows; ++r) {
-                std::fill(e + r * pad.plane, e + r * pad.plane + pad.margin, T(0));
-                std::fill(e + r * pad.plane + pad.margin + total, e + (r + 1) * pad.plane, T(0));
-            }
-            auto tile = [&]<int R, int N>(Index s, Index, Index rows) __attribute__((always_inline)) {
+            pad.zero_margins(e, rows, total);
+            auto tile = [&]<int R, int N>(Index s, Index, Index used) __attribute__((always_inline)) {
                 detail::flat3x3_steps<T, 2, R, N>(planes + wd + 1, sg.cin, 4 * stride, stride, wd, total, s * NR,
-                                                  total - s * NR, packed_s + p * sg.cin * 9 * MR, rows,
+                                                  total - s * NR, packed_s + p * sg.cin * 9 * MR, used,
                                                   bias_s ? bias_s + p * MR : nullptr, clamp_s, e + pad.margin, pad.plane,
                                                   nullptr);
             };
@@ -668,7 +668,7 @@ void stem_block(const T* x, const DirectGeometry& sg, const T* packed_s, const T
             const Index chunks = std::max<Index>(1, (b1 - b0) / least);
             for (Index k = 0; k < chunks; ++k) rows_of(b0 + k * (b1 - b0) / chunks, b0 + (k + 1) * (b1 - b0) / chunks);
         },
-        cexp * n * (sg.cin * 9 * 4 + 9 + cout) / bands);
+        cexp * n * (sg.cin * 9 + 9 + cout) / bands);
 }
 #endif
 

@@ -807,14 +807,14 @@ struct BandPlanes {
 // (BandPlanes(g, o1 - o0).size elements, aligned), each plane as tall as the band: a
 // plane's last step reads into the next one's margin, all written here (or the zeros after
 // the last plane, read by lanes whose outputs are not stored), never a row an earlier band
-// left. Returns the first plane.
+// left. Returns the first plane and the planes' stride.
 template <class T>
-const T* fill_band(const T* x, const DirectGeometry& g, T* buffer, Index o0, Index o1) {
+std::pair<const T*, Index> fill_band(const T* x, const DirectGeometry& g, T* buffer, Index o0, Index o1) {
     const Index stride = BandPlanes<T>(g, o1 - o0).stride;
     T* planes = buffer + BandPlanes<T>::lead;
     for (Index c = 0; c < g.cin; ++c) fill_band_planes(x + c * g.h * g.w, g, planes + c * 4 * stride, stride, o0, o1);
     std::fill(planes + g.cin * 4 * stride, planes + g.cin * 4 * stride + direct_nr<T>(), T(0));
-    return planes;
+    return {planes, stride};
 }
 // Rows [0, rows) of weight panel `a` (packed [cin][9][MR]) of a 3x3 conv of padding 1 computed
 // flat (conv3x3_flat) over N steps of outputs from flat index f0 on, `count` outputs from f0 on
@@ -922,8 +922,7 @@ void conv3x3_flat(const T* x, const DirectGeometry& g, const T* packed, const T*
             bands,
             [&](long b) {
                 const Index o0 = b * g.out_h / bands, o1 = (b + 1) * g.out_h / bands, total = (o1 - o0) * w;
-                const T* planes = fill_band(x, g, scratch.slice(), o0, o1);
-                const Index stride = BandPlanes<T>(g, o1 - o0).stride;
+                const auto [planes, stride] = fill_band(x, g, scratch.slice(), o0, o1);
                 auto tile = [&]<int R, int N>(Index s, Index p, Index rows) __attribute__((always_inline)) {
                     tile_of.template operator()<R, N>(planes, stride, o0 * w, total, s, p, rows);
                 };

@@ -30,9 +30,9 @@ struct Conv2dOptions {
     bool input_norm = false;
     FusedActivation input_activation = FusedActivation::none;
     /// x -> expand_activation(E x + e) before the conv, with E [C, C_in, 1, 1] and e [C] the
-    /// last two parameters (expand_weight, expand_bias): a 1x1 conv of stride 1 whose output
-    /// only this depthwise conv (C groups, one output each) reads, folded into the conv's input
-    /// pass (inference compile step). Where kernels::expand_depthwise_fits (with a projection
+    /// last two parameters (expand_weight, expand_bias): a 1x1 conv of stride 1 (or a conv of
+    /// the window below) whose output only this depthwise conv (C groups, one output each)
+    /// reads, folded into the conv's input pass (inference compile step). Where kernels::expand_depthwise_fits (with a projection
     /// folded in too, where kernels::inverted_residual_fits), the expanded tensor is never
     /// written out whole.
     bool expand_input = false;
@@ -391,7 +391,7 @@ private:
 
     struct Packed : PackedParams {
         std::vector<T> weights;     // panels of kernels::pack_direct_weights
-        std::vector<T> projection;  // a folded-in projection's panels (project_output, where inverted_residual_fits)
+        std::vector<T> projection;  // a folded-in projection's panels (project_output, where whole_block)
         Index bytes() const override { return static_cast<Index>((weights.size() + projection.size()) * sizeof(T)); }
     };
     // The direct kernel's panels of w [rows, cols, taps]: pre-packed, or packed into `local` (on
@@ -503,7 +503,7 @@ private:
         else
             run.template operator()<2>();
 #else
-        (void)pre, (void)local, (void)first;  // inverted_residual_fits is false
+        (void)pre, (void)local, (void)first;  // inverted_residual_fits and stem_block_fits are false
 #endif
     }
 
