@@ -1,3 +1,5 @@
+#include <sstream>
+
 #include "fixtures.hpp"
 
 using namespace spade;
@@ -87,6 +89,35 @@ struct ExpansionOperands {
         return e;
     }
 };
+
+// Checks y [cout, ho, wo] against a depthwise 3x3 of padding 1 and stride s (weights w, bias b)
+// over e [cexp, h, w] in double, followed by a 1x1 projection (pw, pb) and the residual res,
+// ReLU6 after the depthwise conv and ReLU after the projection unless plain (then without
+// biases, residual and activations); NaN only where the reference has one. `what` names the case.
+template <class T>
+void check_dw_projected(const std::vector<double>& e, Index h, Index w, Index s, const Tensor<T>& dw, const Tensor<T>& b,
+                        const Tensor<T>& pw, const Tensor<T>& pb, const Tensor<T>& res, bool plain, const Tensor<T>& y,
+                        double tol, const std::string& what) {
+    const Index cexp = dw.shape()[0], cout = y.shape()[0], ho = y.shape()[1], wo = y.shape()[2], n = h * w, n_out = ho * wo;
+    std::vector<double> z(static_cast<std::size_t>(cexp * n_out));
+    for (Index o = 0; o < cexp; ++o)
+        for (Index r = 0; r < ho; ++r)
+            for (Index q = 0; q < wo; ++q) {
+                const double v = depthwise3x3_ref(dw.data() + o * 9, plain ? 0.0 : double(b[o]), h, w, s, r, q,
+                                                  [&](Index k) { return e[o * n + k]; });
+                z[o * n_out + r * wo + q] = plain || std::isnan(v) ? v : std::clamp(v, 0.0, 6.0);
+            }
+    for (Index o = 0; o < cout; ++o)
+        for (Index p = 0; p < n_out; ++p) {
+            double v = plain ? 0.0 : double(pb[o]) + double(res[o * n_out + p]);
+            for (Index k = 0; k < cexp; ++k) v += double(pw[o * cexp + k]) * z[k * n_out + p];
+            const double want = plain || std::isnan(v) ? v : std::max(v, 0.0);
+            const double got = y[o * n_out + p];
+            INFO((sizeof(T) == 4 ? "float " : "double ") << (plain ? "plain " : "fused ") << what << " output " << o << ", " << p);
+            REQUIRE(std::isnan(got) == std::isnan(want));
+            if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
+        }
+}
 
 }  // namespace
 
@@ -606,7 +637,6 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
             const ThreadCountScope threads(int(c.threads));
             const auto g = same3x3(c.h, c.w, c.stride);
             REQUIRE(kernels::inverted_residual_fits(g));
-            const Index n = c.h * c.w, n_out = g.out_h * g.out_w;
             const ExpansionOperands<T> op(c.cin, c.cexp, c.h, c.w);
             const auto& [x, eb, w, bias] = std::tie(op.x, op.eb, op.w, op.bias);
             auto pw = test::random_tensor<T>({c.cout, c.cexp}, 10 + c.w);
@@ -629,27 +659,10 @@ TEST_CASE("an inverted residual block in one pass matches its three layers compu
                 else
                     run.template operator()<2>();
                 // the three layers in double (NaN where the input pixel is)
-                auto clamp6 = [&](double s) { return plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0); };
-                const auto e = op.expanded(plain);
-                std::vector<double> z(static_cast<std::size_t>(c.cexp * n_out));
-                for (Index o = 0; o < c.cexp; ++o)
-                    for (Index r = 0; r < g.out_h; ++r)
-                        for (Index q = 0; q < g.out_w; ++q)
-                            z[o * n_out + r * g.out_w + q] =
-                                clamp6(depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), c.h, c.w, c.stride, r,
-                                                        q, [&](Index k) { return e[o * n + k]; }));
-                for (Index o = 0; o < c.cout; ++o)
-                    for (Index p = 0; p < n_out; ++p) {
-                        double s = plain ? 0.0 : double(pb[o]) + double(res[o * n_out + p]);
-                        for (Index k = 0; k < c.cexp; ++k) s += double(pw[o * c.cexp + k]) * z[k * n_out + p];
-                        const double want = plain || std::isnan(s) ? s : std::max(s, 0.0);
-                        const double got = y[o * n_out + p];
-                        INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "
-                             << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " stride " << c.stride
-                             << " threads " << c.threads << " output " << o << ", " << p);
-                        REQUIRE(std::isnan(got) == std::isnan(want));
-                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
-                    }
+                std::ostringstream what;
+                what << c.cin << " -> " << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " stride "
+                     << c.stride << " threads " << c.threads;
+                check_dw_projected(op.expanded(plain), c.h, c.w, c.stride, w, bias, pw, pb, res, plain, y, tol, what.str());
             }
         }
     };
@@ -709,34 +722,20 @@ TEST_CASE("a stem, the depthwise 3x3 and the 1x1 projection after it in one pass
                                        plain ? nullptr : bias.data(), act, c.cout, packed_p.data(), plain ? nullptr : pb.data(),
                                        act_p, y.data(), plain ? nullptr : res.data());
                 // the three layers in double (NaN where the image's NaN reaches)
-                auto clamp6 = [&](double s) { return plain || std::isnan(s) ? s : std::clamp(s, 0.0, 6.0); };
-                std::vector<double> e(static_cast<std::size_t>(c.cexp * n)), z(e.size());
+                std::vector<double> e(static_cast<std::size_t>(c.cexp * n));
                 for (Index o = 0; o < c.cexp; ++o)
                     for (Index r = 0; r < ho; ++r)
                         for (Index q = 0; q < wo; ++q) {
-                            double s = plain ? 0.0 : double(sb[o]);
+                            double v = plain ? 0.0 : double(sb[o]);
                             for (Index k = 0; k < c.cin; ++k)
-                                s = depthwise3x3_ref(sw.data() + (o * c.cin + k) * 9, s, c.h, c.w, 2, r, q,
+                                v = depthwise3x3_ref(sw.data() + (o * c.cin + k) * 9, v, c.h, c.w, 2, r, q,
                                                      [&](Index i) { return x[k * c.h * c.w + i]; });
-                            e[o * n + r * wo + q] = clamp6(s);
+                            e[o * n + r * wo + q] = plain || std::isnan(v) ? v : std::clamp(v, 0.0, 6.0);
                         }
-                for (Index o = 0; o < c.cexp; ++o)
-                    for (Index r = 0; r < ho; ++r)
-                        for (Index q = 0; q < wo; ++q)
-                            z[o * n + r * wo + q] = clamp6(depthwise3x3_ref(w.data() + o * 9, plain ? 0.0 : double(bias[o]), ho,
-                                                                            wo, 1, r, q, [&](Index i) { return e[o * n + i]; }));
-                for (Index o = 0; o < c.cout; ++o)
-                    for (Index p = 0; p < n; ++p) {
-                        double s = plain ? 0.0 : double(pb[o]) + double(res[o * n + p]);
-                        for (Index k = 0; k < c.cexp; ++k) s += double(pw[o * c.cexp + k]) * z[k * n + p];
-                        const double want = plain || std::isnan(s) ? s : std::max(s, 0.0);
-                        const double got = y[o * n + p];
-                        INFO((sizeof(T) == 4 ? "float" : "double") << (plain ? " plain" : " fused") << " " << c.cin << " -> "
-                             << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " threads " << c.threads
-                             << " output " << o << ", " << p);
-                        REQUIRE(std::isnan(got) == std::isnan(want));
-                        if (!std::isnan(want)) REQUIRE(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)));
-                    }
+                std::ostringstream what;
+                what << c.cin << " -> " << c.cexp << " -> " << c.cout << " at " << c.h << " x " << c.w << " threads "
+                     << c.threads;
+                check_dw_projected(e, ho, wo, 1, w, bias, pw, pb, res, plain, y, tol, what.str());
             }
         }
     };
