@@ -597,18 +597,19 @@ inline bool stem_block_fits(Index cin, const ConvGeometry& sg, const ConvGeometr
 /// depthwise tensor is written out.
 ///
 /// Each thread takes a band of output rows, in chunks of at least 1344 pixels (12 rows of 112)
-/// and under twice that, through all three steps: it fills the phase planes of the image rows a chunk reads
-/// (detail::fill_band, as the stem alone does), then for each weight panel of the stem computes
-/// the panel's channels over the chunk's rows and one row either side (detail::flat3x3_steps)
-/// between zero margins (PaddedRows), and runs the depthwise conv flat over them
-/// (detail::depthwise_flat_channel) into a slice holding the chunk's depthwise outputs of every
-/// channel; last, the projection's direct tiles over that slice into the chunk's rows of y.
+/// and under twice that, through all three steps: it fills the phase planes of the image rows
+/// a chunk reads (detail::fill_band, as the stem alone does), then for each weight panel of the
+/// stem computes the panel's channels over the chunk's rows and one row either side
+/// (detail::flat3x3_steps) between zero margins (PaddedRows), and runs the depthwise conv flat
+/// over them (detail::depthwise_flat_channel) into a slice holding the chunk's depthwise
+/// outputs of every channel; last, the projection's direct tiles over that slice into the
+/// chunk's rows of y.
 /// A chunk's scratch stays in L1 and L2 from chunk to chunk; the rows either side are computed
 /// twice. Against the three kernels in MobileNet-v2 on the Intel AMX machine (two threads,
 /// paired runs in one process), the network ran 3.4 % faster pruned by three quarters, 2.5 % by
 /// half and 2.6 % dense; in bands of a whole half of the plane, without chunks, 4 % slower
-/// pruned by three quarters. The three layers alone, hot in cache: 1.09-1.30x faster on two
-/// threads; on one 0.91x (8 channels) to 1.08x (32).
+/// pruned by three quarters. The three layers alone, hot in cache: 1.09x (8 stem channels) to
+/// 1.23x (32) faster on two threads; on one 0.91x to 1.08x.
 template <class T>
 void stem_block(const T* x, const DirectGeometry& sg, const T* packed_s, const T* bias_s, FusedActivation act_s,
                 const T* w, const T* bias, FusedActivation act, Index cout, const T* packed_p, const T* bias_p,

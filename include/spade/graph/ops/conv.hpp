@@ -32,9 +32,9 @@ struct Conv2dOptions {
     /// x -> expand_activation(E x + e) before the conv, with E [C, C_in, 1, 1] and e [C] the
     /// last two parameters (expand_weight, expand_bias): a 1x1 conv of stride 1 (or a conv of
     /// the window below) whose output only this depthwise conv (C groups, one output each)
-    /// reads, folded into the conv's input pass (inference compile step). Where kernels::expand_depthwise_fits (with a projection
-    /// folded in too, where kernels::inverted_residual_fits), the expanded tensor is never
-    /// written out whole.
+    /// reads, folded into the conv's input pass (inference compile step). Where
+    /// kernels::expand_depthwise_fits (with a projection folded in too, where
+    /// kernels::inverted_residual_fits), the expanded tensor is never written out whole.
     bool expand_input = false;
     FusedActivation expand_activation = FusedActivation::none;
     /// The expansion's window (expand_input): by default the 1x1 conv above. Any other
