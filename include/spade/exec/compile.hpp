@@ -270,14 +270,13 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
     // convs have plans: every conv without an activation of its own gets one, and neither has one);
     // so does a stem (3x3, stride 2, padding 1) where stem_block_fits, kept only with its projection
     std::map<NodeId, NodeId> expand_into;  // depthwise conv -> its expansion
-    std::vector<char> expansion(n, 0), stem(n, 0);  // stem: an expansion that is a 3x3 conv of stride 2
+    std::vector<char> expansion(n, 0);
     for (std::size_t i = 0; i < n && o.fuse_expansions; ++i) {
         const auto& node = g.nodes()[i];
         if (absorbed[i] || node.op->type() != "Conv2d" || input_norm.count(static_cast<NodeId>(i))) continue;
         const auto& eo = static_cast<const Conv2d<T>&>(*node.op).options();
-        const bool stem_window = eo.kernel == Pair2{3} && eo.stride == Pair2{2} && eo.padding == Pair2{1} &&
-                                 eo.dilation == Pair2{1} && eo.groups == 1;
-        if (!(eo.pointwise() || stem_window) || eo.residual || eo.input_norm || eo.expand_input ||
+        const bool stem = !eo.pointwise();  // its window checked below
+        if ((stem && eo.groups != 1) || eo.residual || eo.input_norm || eo.expand_input ||
             eo.activation != FusedActivation::none)
             continue;
         const Plan& plan = plans.at(static_cast<NodeId>(i));
@@ -294,7 +293,7 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
             continue;
         // where only the whole block fuses (7 x 7, stems), kept below only if the projection goes in too
         const auto dg = conv.geometry(e, g.node(r).name);
-        if (stem_window) {
+        if (stem) {
             const Shape& image = g.value(node.inputs[0]).shape;
             const auto sg = static_cast<const Conv2d<T>&>(*node.op).geometry(image, node.name);
             if (!o.fuse_projections || !kernels::stem_block_fits(image[1], sg, dg)) continue;
@@ -303,7 +302,6 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         }
         expand_into[r] = static_cast<NodeId>(i);
         expansion[i] = 1;
-        stem[i] = stem_window;
     }
     // the 1x1 conv (with its folds, activation and residual) that alone reads such a depthwise conv
     // (without a residual), where the fused kernel takes its shape, goes into that conv's output pass
@@ -331,7 +329,8 @@ Graph<T> compile_for_inference(const Graph<T>& g, const CompileOptions& o = {}) 
         const auto& conv = static_cast<const Conv2d<T>&>(*g.node(r).op);
         const ValueId x = g.node(e).outputs[0];  // the expanded tensor, the depthwise conv's own input
         const auto dg = conv.geometry(g.value(x).shape, g.node(r).name);
-        const bool is_stem = stem[static_cast<std::size_t>(e)];  // its whole block's fit checked above
+        // a stem's whole block was checked above
+        const bool is_stem = !static_cast<const Conv2d<T>&>(*g.node(e).op).options().pointwise();
         if (const NodeId q = projection_of(r, is_stem || kernels::inverted_residual_fits(dg)); q >= 0) {
             project_into[q] = r;
             projected[static_cast<std::size_t>(r)] = 1;

@@ -300,14 +300,21 @@ void depthwise_rows(const T* in, Index out_channels, Index multiplier, const Con
 }
 #endif
 
+namespace detail {
+// Whether g is a 3x3 window of stride s both ways, padding 1 and no dilation (the fused kernels')
+inline bool window3x3(const ConvGeometry& g, Index s) {
+    return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == s && g.stride_w == s && g.pad_h == 1 && g.pad_w == 1 &&
+           g.dilation_h == 1 && g.dilation_w == 1;
+}
+}  // namespace detail
+
 /// Whether expand_depthwise computes a 1x1 expansion followed by a depthwise conv of geometry `g`
 /// (on the expanded channels, one output each) in one pass: with AVX-512, a 3x3 kernel of stride
 /// 1 or 2, padding 1, no dilation, on inputs of 14 x 14 and larger. On 7 x 7 planes the fused
 /// pass measured 4-7 % slower than the two layers (two threads, the Intel AMX machine).
 inline bool expand_depthwise_fits(const ConvGeometry& g) {
 #if defined(__AVX512F__)
-    return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2) &&
-           g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.in_h >= 14 && g.in_w >= 14;
+    return (detail::window3x3(g, 1) || detail::window3x3(g, 2)) && g.in_h >= 14 && g.in_w >= 14;
 #else
     (void)g;
     return false;
@@ -450,8 +457,7 @@ void expand_depthwise(const T* x, Index cin, const ConvGeometry& g, Index cexp, 
 inline bool inverted_residual_fits(const ConvGeometry& g) {
 #if defined(__AVX512F__)
     constexpr Index NR = direct_nr<float>();  // the larger step (a double one is half)
-    return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2) &&
-           g.pad_h == 1 && g.pad_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.out_h <= 56 &&
+    return (detail::window3x3(g, 1) || detail::window3x3(g, 2)) && g.out_h <= 56 &&
            g.out_h * g.out_w >= NR;  // and so the input plane (at most twice as wide and tall)
 #else
     (void)g;
@@ -576,12 +582,8 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
 inline bool stem_block_fits(Index cin, const ConvGeometry& sg, const ConvGeometry& g) {
 #if defined(__AVX512F__)
     constexpr Index NR = direct_nr<float>();  // the larger step (a double one is half)
-    auto same3x3 = [](const ConvGeometry& c, Index stride) {
-        return c.kernel_h == 3 && c.kernel_w == 3 && c.stride_h == stride && c.stride_w == stride && c.pad_h == 1 &&
-               c.pad_w == 1 && c.dilation_h == 1 && c.dilation_w == 1;
-    };
-    return cin >= 1 && cin <= detail::flat_stem_channels && same3x3(sg, 2) && same3x3(g, 1) && g.in_h == sg.out_h &&
-           g.in_w == sg.out_w && g.out_h * g.out_w >= NR;
+    return cin >= 1 && cin <= detail::flat_stem_channels && detail::window3x3(sg, 2) && detail::window3x3(g, 1) &&
+           g.in_h == sg.out_h && g.in_w == sg.out_w && g.out_h * g.out_w >= NR;
 #else
     (void)cin, (void)sg, (void)g;
     return false;
