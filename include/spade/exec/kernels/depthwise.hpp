@@ -538,11 +538,15 @@ void inverted_residual(const T* x, Index cin, const ConvGeometry& g, Index cexp,
             },
             cexp * n_in * (cin + 9 + cout) / shares);
         if (shares == 1) return;
+        // in whole vectors, the last under a mask: element by element (GCC 12 left the loop
+        // scalar) the four sums of MobileNet-v2 pruned by three quarters took 12 us of its 0.36 ms
+        constexpr Index L = detail::Lanes<T>::count;
         const Index m = cout * n_out;
-        for (Index i = 0; i < m; ++i) {
-            T v = y[i];
-            for (Index k = 1; k < shares; ++k) v += partial[static_cast<std::size_t>((k - 1) * m + i)];
-            y[i] = clamp_p(v);
+        for (Index i = 0; i < m; i += L) {
+            const auto lanes = detail::lane_range<T>(0, m - i);
+            auto v = detail::load_masked(y + i, lanes);
+            for (Index k = 1; k < shares; ++k) v += detail::load_masked(partial.get() + (k - 1) * m + i, lanes);
+            detail::store_masked(y + i, lanes, clamp_p(v));
         }
         return;
     }
