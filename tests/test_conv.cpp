@@ -411,6 +411,31 @@ TEST_CASE("stride-2 phase planes split a row into its even and odd columns, in b
     check(0.0);
 }
 
+TEST_CASE("wrap masks clear the first and last column of each row, one shared table per plane shape", "[conv]") {
+    // 5 rows of 7: left(f) is zero at columns 0, right(f) at columns 6, all bits set elsewhere;
+    // a second object of the same shape reads the same table, another shape its own; a table
+    // past the shared budget (2^22 elements) is the object's own and still right
+    using M = kernels::detail::WrapMasks<float>;
+    auto check = [](const M& m, Index n, Index w) {
+        const auto v = m.view();
+        for (Index f = 0; f < n; ++f) {
+            CHECK(v.keep_left[f] == (f % w == 0 ? 0 : ~M::Bits(0)));
+            CHECK(v.keep_right[f] == (f % w == w - 1 ? 0 : ~M::Bits(0)));
+        }
+    };
+    const M a(35, 7), b(35, 7), c(35, 5);
+    check(a, 35, 7);
+    check(c, 35, 5);
+    CHECK(a.view().keep_left == b.view().keep_left);
+    CHECK(a.view().keep_left != c.view().keep_left);
+    const Index big = (Index(1) << 21) + 64;  // 2 big > 2^22: never shared
+    const M d(big, 64), e(big, 64);
+    CHECK(d.view().keep_left != e.view().keep_left);
+    CHECK(d.view().keep_left[big - 64] == 0);
+    CHECK(d.view().keep_right[big - 1] == 0);
+    CHECK(d.view().keep_right[big - 2] == ~M::Bits(0));
+}
+
 TEST_CASE("a 1x1 conv on the direct tiles packs its weights once per plan and computes the same", "[conv]") {
     GraphBuilder<double> b(11);
     auto x = b.input("x", {2, 9, 17, 16});
