@@ -74,11 +74,12 @@ TEST_CASE("ThreadScratch gives each thread its own pages, set to the initial val
             const float* s = slice_of[static_cast<std::size_t>(t)];
             CHECK(std::all_of(s, s + per, [](float v) { return v == -1.5f; }));
             const auto begin = reinterpret_cast<std::uintptr_t>(s);
-            if (threads > 1) CHECK(begin % 4096 == 0);  // starts a page (one slice, without OpenMP, need not)
-            // the next slice starts on the page after this one's last
-            if (t + 1 < threads)
-                CHECK(reinterpret_cast<std::uintptr_t>(slice_of[static_cast<std::size_t>(t) + 1]) >=
-                      (begin + per * sizeof(float) + 4095) / 4096 * 4096);
+            CHECK(begin % 4096 == 0);  // starts a page
+            // no other slice reaches into this one's pages
+            for (int u = 0; u < threads; ++u) {
+                const auto other = reinterpret_cast<std::uintptr_t>(slice_of[static_cast<std::size_t>(u)]);
+                if (u != t) CHECK((other >= (begin + per * sizeof(float) + 4095) / 4096 * 4096 || other + per * sizeof(float) <= begin));
+            }
         }
         // inside a loop no two threads share a slice: each item fills its slice with its own index,
         // lets the other threads run, and finds it still there
@@ -94,6 +95,51 @@ TEST_CASE("ThreadScratch gives each thread its own pages, set to the initial val
             1 << 20);
         CHECK(std::count(kept.begin(), kept.end(), 1) == 16 * threads);
     }
+    set_num_threads(before);
+}
+
+TEST_CASE("ThreadScratch reuses its thread's arenas, nests, and releases them", "[tensor]") {
+    const int before = num_threads();
+    set_num_threads(std::max(2, before));
+    const int threads = num_threads();
+    release_scratch();
+    auto slices = [&](ThreadScratch<float>& s) {
+        std::vector<float*> of(static_cast<std::size_t>(threads));
+        for (int t = 0; t < threads; ++t) detail::loop_thread = t, of[static_cast<std::size_t>(t)] = s.slice();
+        detail::loop_thread = 0;
+        return of;
+    };
+    // the pages [p, p + n) of one slice and of another do not meet
+    auto apart = [](const float* a, std::size_t na, const float* b, std::size_t nb) { return a + na <= b || b + nb <= a; };
+    std::vector<float*> first;
+    {
+        ThreadScratch<float> a(5000, std::nullopt);
+        first = slices(a);
+        CHECK(ThreadScratch<float>::held() >= threads * 5000 * sizeof(float));
+        CHECK(release_scratch() == 0);  // in use: kept
+        ThreadScratch<float> b(3000, 2.5f);  // made while a lives: above it, set to its value
+        const auto inner = slices(b);
+        for (int t = 0; t < threads; ++t)
+            for (int u = 0; u < threads; ++u)
+                CHECK(apart(first[std::size_t(t)], 5000, inner[std::size_t(u)], 3000));
+        for (int t = 0; t < threads; ++t) {
+            const float* s = inner[std::size_t(t)];
+            CHECK(std::all_of(s, s + 3000, [](float v) { return v == 2.5f; }));
+        }
+        ThreadScratch<float> c(1 << 20, std::nullopt);  // outgrows the arenas in use: memory of its own
+        const auto own = slices(c);
+        for (int t = 0; t < threads; ++t)
+            for (int u = 0; u < threads; ++u) {
+                CHECK(apart(own[std::size_t(t)], 1 << 20, first[std::size_t(u)], 5000));
+                CHECK(apart(own[std::size_t(t)], 1 << 20, inner[std::size_t(u)], 3000));
+            }
+    }
+    {
+        ThreadScratch<float> again(4000, std::nullopt);  // the same slices as the first, once it is gone
+        CHECK(slices(again) == first);
+    }
+    CHECK(release_scratch() >= threads * 5000 * sizeof(float));
+    CHECK(ThreadScratch<float>::held() == 0);
     set_num_threads(before);
 }
 

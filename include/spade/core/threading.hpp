@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -282,45 +283,123 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 }
 
 /// Scratch memory for a parallel_for body: one slice of `per_thread` elements for
-/// each thread that may run the body, allocated up front (outside the parallel
-/// region, so a failed allocation throws where the caller can catch it). slice() is
-/// the calling thread's, set to `init` on that thread's first call (left as it is
-/// with std::nullopt, for a body that writes what it reads first): the thread that
-/// uses a slice writes it first, in parallel with the others, where setting every
-/// slice up front on the calling thread took 1.4 % of the samples of pruned
-/// MobileNet-v2 at 75 % while the other core waited. Each slice starts a 4 KiB page
-/// (so kernels may lay out aligned vectors in it) and, with several threads, owns
-/// its pages whole (for element sizes that divide 4096 bytes): slices one cache line
-/// apart had the cores' prefetchers pull each other's lines, and a 1440-channel
-/// depthwise conv at 14 x 14 (each channel's planes written into a 1 KiB slice) ran
-/// 1.3x faster on two threads than on one instead of 1.9x (Intel, AVX-512). Inside an enclosing parallel region,
+/// each thread that may run the body, taken up front (outside the parallel region, so
+/// a failed allocation throws where the caller can catch it). slice() is the calling
+/// thread's, set to `init` on that thread's first call (left as it is with
+/// std::nullopt, for a body that writes what it reads first): the thread that uses a
+/// slice writes it first, in parallel with the others, where setting every slice up
+/// front on the calling thread took 1.4 % of the samples of pruned MobileNet-v2 at 75 %
+/// while the other core waited. Each slice starts a 4 KiB page (so kernels may lay out
+/// aligned vectors in it) and, with several threads, owns its pages whole (for element
+/// sizes that divide 4096 bytes): slices one cache line apart had the cores'
+/// prefetchers pull each other's lines, and a 1440-channel depthwise conv at 14 x 14
+/// (each channel's planes written into a 1 KiB slice) ran 1.3x faster on two threads
+/// than on one instead of 1.9x (Intel, AVX-512). Inside an enclosing parallel region,
 /// parallel_for runs serially, and so one slice is enough.
+///
+/// Slices come from arenas of the constructing thread, one per slice index, kept from
+/// one scratch to the next: the slice of loop thread t lies in memory only thread t
+/// wrote, call after call. Allocated anew each time, one kernel's slice of the second
+/// thread lay where the first had written another kernel's, and the second core took
+/// those lines from the first before writing them: MobileNet-v2 ran 2.7 % faster
+/// pruned by three quarters with the arenas, 1.7 % by half (two threads, the Intel AMX
+/// machine). An arena grows to the most its thread's scratches have held at once and
+/// is kept until release_scratch() or the thread's end. Scratches nest (one made while
+/// another lives takes the room above it), so they must be locals, destroyed in the
+/// reverse order of their making on their thread; one that outgrows an arena in use
+/// gets memory of its own.
 template <class T>
 class ThreadScratch {
 public:
     explicit ThreadScratch(std::size_t per_thread, std::optional<T> init = T(0))
-        : slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())),
-          per_(slices_ > 1 ? padded(per_thread) : per_thread), used_(per_thread), init_(init),
-          data_(new T[slices_ * per_ + page]),
-          first_(data_.get() + (page - reinterpret_cast<std::uintptr_t>(data_.get()) % 4096 / sizeof(T)) % page),
-          ready_(slices_, 0) {}
+        : slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())), size_(padded(per_thread)),
+          used_(per_thread), init_(init), ready_(slices_, 0) {
+        auto& arenas = arenas_of_thread();
+        if (arenas.size() < slices_) arenas.resize(slices_);
+        bool fits = true;
+        for (std::size_t t = 0; t < slices_; ++t) {
+            Arena& a = arenas[t];
+            if (a.top + size_ <= a.size) continue;
+            if (a.top > 0) {  // in use below: no moving it
+                fits = false;
+                continue;
+            }
+            a.memory.reset();  // the old one first: one arena's worth at a time
+            a.memory.reset(new T[size_ + page]);
+            a.base = page_start(a.memory.get()), a.size = size_;
+        }
+        if (!fits) {
+            own_.reset(new T[slices_ * size_ + page]);
+            T* first = page_start(own_.get());
+            for (std::size_t t = 0; t < slices_; ++t) starts_.push_back(first + t * size_);
+            return;
+        }
+        for (std::size_t t = 0; t < slices_; ++t) {
+            starts_.push_back(arenas[t].base + arenas[t].top);
+            arenas[t].top += size_;
+        }
+    }
+    ~ThreadScratch() {
+        if (own_) return;
+        auto& arenas = arenas_of_thread();
+        for (std::size_t t = 0; t < slices_; ++t) {
+            assert(arenas[t].base + arenas[t].top == starts_[t] + size_ && "ThreadScratch: not destroyed in reverse order");
+            arenas[t].top -= size_;
+        }
+    }
+    ThreadScratch(const ThreadScratch&) = delete;
+    ThreadScratch& operator=(const ThreadScratch&) = delete;
+
     T* slice() {
         const std::size_t t = slices_ > 1 ? static_cast<std::size_t>(detail::loop_thread) : 0;
-        T* s = first_ + t * per_;
+        T* s = starts_[t];
         if (init_ && !ready_[t]) std::fill(s, s + used_, *init_), ready_[t] = 1;
         return s;
     }
 
+    /// Frees the calling thread's arenas of T where no scratch of it lives; returns the
+    /// bytes freed.
+    static std::size_t release() {
+        std::size_t freed = 0;
+        for (Arena& a : arenas_of_thread())
+            if (a.top == 0 && a.memory) freed += (a.size + page) * sizeof(T), a = Arena{};
+        return freed;
+    }
+    /// Bytes the calling thread's arenas of T hold.
+    static std::size_t held() {
+        std::size_t bytes = 0;
+        for (const Arena& a : arenas_of_thread())
+            if (a.memory) bytes += (a.size + page) * sizeof(T);
+        return bytes;
+    }
+
 private:
+    struct Arena {
+        std::unique_ptr<T[]> memory;
+        T* base = nullptr;     // memory's first page
+        std::size_t size = 0;  // elements from base
+        std::size_t top = 0;   // elements in use from base
+    };
+    static std::vector<Arena>& arenas_of_thread() {
+        thread_local std::vector<Arena> arenas;  // one per slice index
+        return arenas;
+    }
     static constexpr std::size_t page = 4096 / sizeof(T) > 0 ? 4096 / sizeof(T) : 1;  // elements per page
     static std::size_t padded(std::size_t n) { return std::max<std::size_t>(1, (n + page - 1) / page) * page; }
+    static T* page_start(T* p) { return p + (page - reinterpret_cast<std::uintptr_t>(p) % 4096 / sizeof(T)) % page; }
     static bool nested() { return detail::in_parallel() || num_threads() == 1; }
-    std::size_t slices_, per_, used_;
+    std::size_t slices_, size_, used_;  // size_: elements a slice takes, whole pages
     std::optional<T> init_;
-    std::unique_ptr<T[]> data_;
-    T* first_;                 // the first slice: a page's first element
-    std::vector<char> ready_;  // slice t set to init_ (written by its thread only)
+    std::vector<char> ready_;   // slice t set to init_ (written by its thread only)
+    std::vector<T*> starts_;    // slice t's first element
+    std::unique_ptr<T[]> own_;  // the slices, where an arena in use had no room
 };
+
+/// Frees the calling thread's scratch arenas (see ThreadScratch) where no scratch lives;
+/// returns the bytes freed.
+inline std::size_t release_scratch() {
+    return ThreadScratch<float>::release() + ThreadScratch<double>::release();
+}
 
 /// Runs `body(i)` for i in [0, n) with items handed out one at a time, for a few
 /// items of very different cost (whole tensors); put the largest first. An
