@@ -472,6 +472,41 @@ TEST_CASE("a float 1x1 conv on the direct tiles matches a double reference", "[c
     }
 }
 
+TEST_CASE("a 1x1 conv reading a BatchNorm and ReLU map of its input matches a double reference", "[conv]") {
+    // conv_pointwise with an InputNorm: y = act(b + W relu(a x + s)). Small planes, where the
+    // panels split into groups and each job maps its block (7 x 7 and 14 x 14 with 40 outputs,
+    // 5 panels), and larger ones in blocks, on one to three threads
+    struct Case {
+        Index cin, cout, n, threads;
+    };
+    for (const auto& c : {Case{24, 40, 49, 2}, Case{24, 40, 49, 3}, Case{7, 40, 196, 2}, Case{9, 12, 196, 1},
+                          Case{33, 17, 3000, 2}, Case{5, 3, 64, 2}}) {
+        const ThreadCountScope threads(int(c.threads));
+        auto x = test::random_tensor<float>({c.cin, c.n}, 21);
+        auto w = test::random_tensor<float>({c.cout, c.cin}, 22);
+        auto bias = test::random_tensor<float>({c.cout}, 23);
+        auto scale = test::random_tensor<float>({c.cin}, 24);
+        auto shift = test::random_tensor<float>({c.cin}, 25);
+        std::vector<float> packed(static_cast<std::size_t>(kernels::direct_packed_size(c.cout, c.cin, 1)));
+        kernels::pack_direct_weights(w.data(), c.cout, c.cin, 1, packed.data());
+        const kernels::InputNorm<float> norm{scale.data(), shift.data(), FusedActivation::relu};
+        std::vector<float> y(static_cast<std::size_t>(c.cout * c.n), -7.f);
+        kernels::conv_pointwise(x.data(), c.cin, c.n, c.cout, packed.data(), bias.data(), FusedActivation::relu6, y.data(),
+                                static_cast<const float*>(nullptr), &norm);
+        double worst = 0;
+        for (Index o = 0; o < c.cout; ++o)
+            for (Index p = 0; p < c.n; ++p) {
+                double want = bias[o];
+                for (Index k = 0; k < c.cin; ++k)
+                    want += double(w[o * c.cin + k]) * std::max(0.0, double(scale[k]) * x[k * c.n + p] + double(shift[k]));
+                want = std::clamp(want, 0.0, 6.0);
+                worst = std::max(worst, std::abs(double(y[static_cast<std::size_t>(o * c.n + p)]) - want));
+            }
+        INFO(c.cin << " -> " << c.cout << " over " << c.n << " pixels on " << c.threads << " threads");
+        CHECK(worst < 1e-5);
+    }
+}
+
 TEST_CASE("which 3x3 convs of padding 1 run flat, per target", "[conv]") {
     using kernels::detail::flat3x3_fits;
     constexpr int vb = kernels::detail::vector_bytes;

@@ -328,7 +328,7 @@ public:
                 const T* packed = packed_weights(pre, local, b == 0, w.data, cout, cin, int(k / cin));
                 if (d == Direct::k1) {
                     kernels::conv_pointwise(xb, cin, plane_in, cout, packed, bias, o_.activation, yb, rb,
-                                            o_.input_norm ? &norm : nullptr, ctx.workspace.data());
+                                            o_.input_norm ? &norm : nullptr);
                     continue;
                 }
                 with_direct(d, [&]<int K, int S>() {
