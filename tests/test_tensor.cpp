@@ -102,44 +102,47 @@ TEST_CASE("ThreadScratch reuses its thread's arenas, nests, and releases them", 
     const int before = num_threads();
     set_num_threads(std::max(2, before));
     const int threads = num_threads();
-    release_scratch();
-    auto slices = [&](ThreadScratch<float>& s) {
+    using S = ThreadScratch<float>;
+    S::release();
+    constexpr std::size_t page = 4096 / sizeof(float);
+    auto slices = [&](S& s) {
         std::vector<float*> of(static_cast<std::size_t>(threads));
         for (int t = 0; t < threads; ++t) detail::loop_thread = t, of[static_cast<std::size_t>(t)] = s.slice();
         detail::loop_thread = 0;
         return of;
     };
-    // the pages [p, p + n) of one slice and of another do not meet
+    // [a, a + na) and [b, b + nb) do not meet
     auto apart = [](const float* a, std::size_t na, const float* b, std::size_t nb) { return a + na <= b || b + nb <= a; };
-    std::vector<float*> first;
-    {
-        ThreadScratch<float> a(5000, std::nullopt);
-        first = slices(a);
-        CHECK(ThreadScratch<float>::held() >= threads * 5000 * sizeof(float));
-        CHECK(release_scratch() == 0);  // in use: kept
-        ThreadScratch<float> b(3000, 2.5f);  // made while a lives: above it, set to its value
-        const auto inner = slices(b);
-        for (int t = 0; t < threads; ++t)
-            for (int u = 0; u < threads; ++u)
-                CHECK(apart(first[std::size_t(t)], 5000, inner[std::size_t(u)], 3000));
+    // round 0: the arenas hold a alone, so b, made while a lives, gets memory of its own; from
+    // round 1 on they have grown to hold both, b right above a, and round 2 takes round 1's slices
+    std::vector<std::vector<float*>> of_a, of_b;
+    for (int round = 0; round < 3; ++round) {
+        S a(5000, std::nullopt);  // 5 pages
+        of_a.push_back(slices(a));
+        CHECK(S::release() == 0);  // in use: kept
+        S b(3000, 2.5f);
+        of_b.push_back(slices(b));
         for (int t = 0; t < threads; ++t) {
-            const float* s = inner[std::size_t(t)];
+            const float* s = of_b.back()[std::size_t(t)];
             CHECK(std::all_of(s, s + 3000, [](float v) { return v == 2.5f; }));
+            for (int u = 0; u < threads; ++u) CHECK(apart(of_a.back()[std::size_t(u)], 5000, s, 3000));
+            if (round > 0) CHECK(s == of_a.back()[std::size_t(t)] + 5 * page);
         }
-        ThreadScratch<float> c(1 << 20, std::nullopt);  // outgrows the arenas in use: memory of its own
-        const auto own = slices(c);
-        for (int t = 0; t < threads; ++t)
-            for (int u = 0; u < threads; ++u) {
-                CHECK(apart(own[std::size_t(t)], 1 << 20, first[std::size_t(u)], 5000));
-                CHECK(apart(own[std::size_t(t)], 1 << 20, inner[std::size_t(u)], 3000));
-            }
     }
+    CHECK(of_a[2] == of_a[1]);
+    CHECK(of_b[2] == of_b[1]);
+    CHECK(S::held() >= std::size_t(threads) * 8 * page * sizeof(float));
+    // a scratch too large to allocate throws and leaves the arenas as they were
+    CHECK_THROWS_AS(S(std::size_t(1) << 60, std::nullopt), std::bad_alloc);
     {
-        ThreadScratch<float> again(4000, std::nullopt);  // the same slices as the first, once it is gone
-        CHECK(slices(again) == first);
+        S a(5000, std::nullopt);
+        CHECK(slices(a) == of_a[1]);
+        CHECK_THROWS_AS(S(std::size_t(1) << 60, std::nullopt), std::bad_alloc);  // above a scratch in use
+        S b(3000, std::nullopt);
+        CHECK(slices(b) == of_b[1]);
     }
-    CHECK(release_scratch() >= threads * 5000 * sizeof(float));
-    CHECK(ThreadScratch<float>::held() == 0);
+    CHECK(S::release() >= std::size_t(threads) * 8 * page * sizeof(float));
+    CHECK(S::held() == 0);
     set_num_threads(before);
 }
 

@@ -303,48 +303,60 @@ void parallel_for(long n, F&& body, long work_per_item = 1 << 16) {
 /// thread lay where the first had written another kernel's, and the second core took
 /// those lines from the first before writing them: with the arenas MobileNet-v2 ran
 /// 4.3 % faster pruned by three quarters, 1.6 % by half and 3.4 % dense (two threads,
-/// the Intel AMX machine, paired runs). An arena grows to the most its thread's scratches have held at once and
-/// is kept until release_scratch() or the thread's end. Scratches nest (one made while
-/// another lives takes the room above it), so they must be locals, destroyed in the
-/// reverse order of their making on their thread; one that outgrows an arena in use
-/// gets memory of its own.
+/// the Intel AMX machine, paired runs). Scratches nest: one made while another lives
+/// takes the room above it, so they must be locals, destroyed in the reverse order of
+/// their making on their thread. One that does not fit above a scratch in use gets
+/// memory of its own, and the arena grows to hold both the next time it is free. An
+/// arena keeps the most its thread's scratches have held at once, until
+/// release_scratch() on that thread or the thread's end; scratches made inside a
+/// parallel region (one slice) live in the pool workers' arenas, which last as long as
+/// the process.
 template <class T>
 class ThreadScratch {
 public:
     explicit ThreadScratch(std::size_t per_thread, std::optional<T> init = T(0))
         : slices_(nested() ? 1 : static_cast<std::size_t>(num_threads())), size_(padded(per_thread)),
-          used_(per_thread), init_(init), ready_(slices_, 0) {
-        auto& arenas = arenas_of_thread();
-        if (arenas.size() < slices_) arenas.resize(slices_);
-        bool fits = true;
-        for (std::size_t t = 0; t < slices_; ++t) {
-            Arena& a = arenas[t];
-            if (a.top + size_ <= a.size) continue;
-            if (a.top > 0) {  // in use below: no moving it
-                fits = false;
-                continue;
+          used_(per_thread), init_(init), ready_(slices_, 0), arenas_(arenas_of_thread()) {
+        starts_.reserve(slices_);  // nothing below throws once an arena's top has moved
+        bool fits = arenas_ != nullptr;
+        if (fits) {
+            if (arenas_->size() < slices_) arenas_->resize(slices_);
+            for (std::size_t t = 0; t < slices_; ++t) {
+                const Arena& a = (*arenas_)[t];
+                if (a.top > 0 && a.top + size_ > a.size) fits = false;  // no moving a scratch in use
             }
-            a.memory.reset();  // the old one first: one arena's worth at a time
-            a.memory.reset(new T[size_ + page]);
-            a.base = page_start(a.memory.get()), a.size = size_;
         }
         if (!fits) {
             own_.reset(new T[slices_ * size_ + page]);
-            T* first = page_start(own_.get());
-            for (std::size_t t = 0; t < slices_; ++t) starts_.push_back(first + t * size_);
+            for (std::size_t t = 0; t < slices_; ++t) starts_.push_back(page_start(own_.get()) + t * size_);
+            if (arenas_)  // for the next time they are free
+                for (std::size_t t = 0; t < slices_; ++t) {
+                    Arena& a = (*arenas_)[t];
+                    a.want = std::max(a.want, a.top + size_);
+                }
+            arenas_ = nullptr;
             return;
         }
         for (std::size_t t = 0; t < slices_; ++t) {
-            starts_.push_back(arenas[t].base + arenas[t].top);
-            arenas[t].top += size_;
+            Arena& a = (*arenas_)[t];
+            const std::size_t need = std::max(a.want, a.top + size_);
+            if (a.top == 0 && need > a.size) {  // free: grown to the most asked of it at once
+                a.memory.reset(new T[need + page]);  // as it was, should new throw
+                a.base = page_start(a.memory.get()), a.size = a.want = need;
+            }
+        }
+        for (std::size_t t = 0; t < slices_; ++t) {
+            Arena& a = (*arenas_)[t];
+            starts_.push_back(a.base + a.top);
+            a.top += size_;
         }
     }
     ~ThreadScratch() {
-        if (own_) return;
-        auto& arenas = arenas_of_thread();
+        if (!arenas_) return;
         for (std::size_t t = 0; t < slices_; ++t) {
-            assert(arenas[t].base + arenas[t].top == starts_[t] + size_ && "ThreadScratch: not destroyed in reverse order");
-            arenas[t].top -= size_;
+            Arena& a = (*arenas_)[t];
+            assert(a.base + a.top == starts_[t] + size_ && "ThreadScratch: not destroyed in reverse order");
+            a.top -= size_;
         }
     }
     ThreadScratch(const ThreadScratch&) = delete;
@@ -361,15 +373,17 @@ public:
     /// bytes freed.
     static std::size_t release() {
         std::size_t freed = 0;
-        for (Arena& a : arenas_of_thread())
-            if (a.top == 0 && a.memory) freed += (a.size + page) * sizeof(T), a = Arena{};
+        if (auto* arenas = arenas_of_thread())
+            for (Arena& a : *arenas)
+                if (a.top == 0) freed += a.memory ? (a.size + page) * sizeof(T) : 0, a = Arena{};
         return freed;
     }
     /// Bytes the calling thread's arenas of T hold.
     static std::size_t held() {
         std::size_t bytes = 0;
-        for (const Arena& a : arenas_of_thread())
-            if (a.memory) bytes += (a.size + page) * sizeof(T);
+        if (const auto* arenas = arenas_of_thread())
+            for (const Arena& a : *arenas)
+                if (a.memory) bytes += (a.size + page) * sizeof(T);
         return bytes;
     }
 
@@ -379,10 +393,20 @@ private:
         T* base = nullptr;     // memory's first page
         std::size_t size = 0;  // elements from base
         std::size_t top = 0;   // elements in use from base
+        std::size_t want = 0;  // the most asked of it at once
     };
-    static std::vector<Arena>& arenas_of_thread() {
-        thread_local std::vector<Arena> arenas;  // one per slice index
-        return arenas;
+    // The calling thread's arenas, one per slice index; null once they are gone at the
+    // thread's end (a kernel run from a later destructor takes memory of its own)
+    static std::vector<Arena>* arenas_of_thread() {
+        thread_local bool gone = false;  // trivially destructible: still readable then
+        struct Holder {
+            std::vector<Arena> arenas;
+            bool* gone;
+            ~Holder() { *gone = true; }
+        };
+        if (gone) return nullptr;
+        thread_local Holder holder{{}, &gone};
+        return &holder.arenas;
     }
     static constexpr std::size_t page = 4096 / sizeof(T) > 0 ? 4096 / sizeof(T) : 1;  // elements per page
     static std::size_t padded(std::size_t n) { return std::max<std::size_t>(1, (n + page - 1) / page) * page; }
@@ -390,13 +414,14 @@ private:
     static bool nested() { return detail::in_parallel() || num_threads() == 1; }
     std::size_t slices_, size_, used_;  // size_: elements a slice takes, whole pages
     std::optional<T> init_;
-    std::vector<char> ready_;   // slice t set to init_ (written by its thread only)
-    std::vector<T*> starts_;    // slice t's first element
-    std::unique_ptr<T[]> own_;  // the slices, where an arena in use had no room
+    std::vector<char> ready_;       // slice t set to init_ (written by its thread only)
+    std::vector<Arena>* arenas_;    // null with memory of its own
+    std::vector<T*> starts_;        // slice t's first element
+    std::unique_ptr<T[]> own_;      // the slices, where an arena in use had no room
 };
 
-/// Frees the calling thread's scratch arenas (see ThreadScratch) where no scratch lives;
-/// returns the bytes freed.
+/// Frees the calling thread's scratch arenas of float and double (see ThreadScratch)
+/// where no scratch lives; returns the bytes freed.
 inline std::size_t release_scratch() {
     return ThreadScratch<float>::release() + ThreadScratch<double>::release();
 }

@@ -106,8 +106,11 @@ public:
             Index n, w;
             std::unique_ptr<Bits[]> keep;
         };
-        static std::mutex lock;
-        static std::vector<Table> tables;  // never shrinks: the tables stay where they are
+        if (n == 0) return;  // nothing to read (the stride-2 kernels)
+        // never destroyed (a kernel may run from a static destructor), never shrinks (the
+        // tables stay where they are)
+        static std::mutex& lock = *new std::mutex;
+        static std::vector<Table>& tables = *new std::vector<Table>;
         static Index elements = 0;
         const std::lock_guard<std::mutex> hold(lock);
         for (const auto& t : tables)
@@ -127,7 +130,7 @@ public:
     View view() const { return {keep_, keep_ + n_}; }
 
 private:
-    static constexpr Index shared_elements = Index(1) << 22;  // 16 MiB of float masks
+    static constexpr Index shared_elements = Index(1) << 22;  // 16 MiB of float masks, 32 of double
     static std::unique_ptr<Bits[]> build(Index n, Index w) {
         auto keep = std::make_unique_for_overwrite<Bits[]>(static_cast<std::size_t>(2 * n));
         std::fill(keep.get(), keep.get() + 2 * n, ~Bits(0));
@@ -1104,7 +1107,7 @@ void conv_pointwise(const T* x, Index cin, Index n, Index cout, const T* packed,
     // too few blocks to keep every thread busy (small planes): the panels split into groups as well
     const Index groups = std::clamp<Index>((4 * num_threads() + blocks - 1) / blocks, 1, panels);
     std::optional<ThreadScratch<T>> mapped;  // a block's mapped input per thread (the last block has the most pixels)
-    if (norm) mapped.emplace(static_cast<std::size_t>(cin * (n - (blocks - 1) * block * NR)));
+    if (norm) mapped.emplace(static_cast<std::size_t>(cin * (n - (blocks - 1) * block * NR)), std::nullopt);
     const FusedClamp<T> clamp(act);
     parallel_for(
         blocks * groups,

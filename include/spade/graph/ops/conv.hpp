@@ -248,7 +248,11 @@ public:
 
     Index workspace_size(const ShapeContext& ctx, std::span<const Shape> out) const override {
         auto g = geometry(ctx.inputs[0], ctx.node);
-        if (o_.input_norm) return ctx.inputs[0][1] * g.in_h * g.in_w;  // the mapped input, where it is needed whole
+        if (o_.input_norm) {  // the mapped input, where it is needed whole: not by the 1x1 direct tiles, which
+                              // map block by block (pre-packed weights take them wherever these rules do)
+            if (direct(g, ctx.inputs[0][1], ctx.params[0][0], false) == Direct::k1) return 0;
+            return ctx.inputs[0][1] * g.in_h * g.in_w;
+        }
         if (o_.expand_input) {  // expand_forward's, and the depthwise tensor before a projection, where not fused
             if (whole_block(ctx.inputs[0], g)) return 0;
             return expand_workspace(ctx.inputs[0][1], ctx.params[0][0], g) +
