@@ -89,7 +89,7 @@ void store(T* p, const V& v) {
 // every call, the calling core wrote lines that the other core had read on the call before,
 // getting each back from it before the kernel could start, and the other core then read them
 // back again: on the Intel AMX machine, two threads, a block of MobileNet-v2 pruned by three
-// quarters at 56 x 56 waited 1.2 us more to start and ran 20-30 % slower alone.
+// quarters at 56 x 56 waited 1.2 us more to start and ran 6-30 % slower alone.
 template <class T>
 class WrapMasks {
 public:
